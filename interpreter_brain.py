@@ -1,0 +1,416 @@
+"""What every interpretation method of the recipe shares.
+
+* ``Interpretation``: the one typed result that every method's ``interpret``
+  returns, so metrics, plots and saved files never unpack method-specific tuples.
+* ``InterpreterBrain``: a ``speechbrain.Brain`` holding the front end (log1p
+  STFT magnitude, METHODS.md §2), the frozen classifier (METHODS.md §3), the
+  metrics of METHODS.md §5 accumulated over validation and test, DDP reduction,
+  checkpoint selection on ONE stored key, ``test_metrics.json`` and the saved
+  interpretations. A method subclasses it and writes ``interpret`` and
+  ``interpreter_loss``.
+* Experiment plumbing shared by the scripts: ``setup_experiment`` (command
+  line, YAML, output folder), ``load_classifier`` (Pretrainer from a hub id or
+  local path, strict), ``prepare_datasets`` (ESC-50 manifests -> datasets).
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from hyperpyyaml import load_hyperpyyaml
+
+import speechbrain as sb
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.processing.features import spectral_magnitude
+from speechbrain.utils.distributed import ddp_all_reduce, if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
+
+import metrics
+from esc50_prepare import prepare_esc50, write_atomically
+
+logger = get_logger(__name__)
+
+
+def log_spectrogram(compute_stft, wavs):
+    """The front end of METHODS.md §2.
+
+    wavs [B, N] -> (X [B, T, F] = log1p |STFT|, stft [B, T, F, 2])."""
+    stft = compute_stft(wavs)
+    return torch.log1p(spectral_magnitude(stft, power=0.5)), stft
+
+
+def classifier_forward(embedding_model, classifier, X):
+    """X [B, T, F] -> (hidden [B, D, T', F'] map of the embedding model,
+    logits [B, C]). The embedding is the mean of the map over T', F'."""
+    hidden = embedding_model(X)
+    logits = classifier(hidden.mean((-1, -2)).unsqueeze(1)).squeeze(1)
+    return hidden, logits
+
+
+@dataclass
+class Interpretation:
+    """What an interpreter returns for a batch of B clips (T frames, F bins).
+
+    Attributes
+    ----------
+    X : torch.Tensor
+        [B, T, F] log1p STFT magnitude of the input.
+    stft : torch.Tensor
+        [B, T, F, 2] complex STFT (real, imaginary) of the input: its phase
+        makes the interpretation listenable.
+    logits : torch.Tensor
+        [B, C] frozen classifier output on X (no gradient).
+    mask : torch.Tensor
+        [B, T, F] interpretation mask M in [0, 1]; the interpretation is M * X.
+    aux : dict
+        Method-specific tensors the method's loss needs (e.g. PIQ's mask
+        logits and quantised codes); empty when there are none.
+    """
+
+    X: torch.Tensor
+    stft: torch.Tensor
+    logits: torch.Tensor
+    mask: torch.Tensor
+    aux: dict = field(default_factory=dict)
+
+    @property
+    def class_pred(self):
+        """[B] class predicted by the frozen classifier on X."""
+        return self.logits.argmax(1)
+
+    @property
+    def X_int(self):
+        """[B, T, F] the interpretation M * X."""
+        return self.mask * self.X
+
+
+class InterpreterBrain(sb.Brain):
+    """Base Brain of every interpreter: front end, frozen classifier, metrics.
+
+    Subclasses implement:
+    * ``interpret(X, stft, hidden, logits, stage) -> Interpretation``
+    * ``interpreter_loss(result, batch, stage) -> torch.Tensor`` (scalar)
+
+    Expected hparams: ``compute_stft``, ``compute_istft``, ``embedding_model``,
+    ``classifier``, ``label_encoder`` (set by the script), ``sample_rate``,
+    ``output_folder``, ``save_interpretations``, ``train_logger``,
+    ``lr_annealing``, ``channels_last``.
+
+    The checkpoint kept as best, the learning-rate schedule and ``--test_only``
+    all use the validation metric ``best_key`` (higher is better).
+    """
+
+    best_key = "fidelity_in"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        memory_format = torch.channels_last if self.hparams.channels_last else torch.preserve_format
+        for frozen in (self.hparams.embedding_model, self.hparams.classifier):
+            frozen.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
+        self.modules.to(memory_format=memory_format)
+
+    # ---- front end and frozen classifier -------------------------------
+    def front_end(self, wavs):
+        """wavs [B, N] -> (X [B, T, F] log1p magnitude, stft [B, T, F, 2])."""
+        return log_spectrogram(self.hparams.compute_stft, wavs)
+
+    def classify(self, X):
+        """X [B, T, F] -> (hidden map [B, D, T', F'], logits [B, C])."""
+        return classifier_forward(self.hparams.embedding_model, self.hparams.classifier, X)
+
+    # ---- method hooks -----------------------------------------------------
+    def interpret(self, X, stft, hidden, logits, stage):
+        """Returns the method's ``Interpretation`` of a batch."""
+        raise NotImplementedError
+
+    def interpreter_loss(self, result, batch, stage):
+        """Returns the method's scalar training loss for ``result``."""
+        raise NotImplementedError
+
+    # ---- Brain hooks --------------------------------------------------------
+    def compute_forward(self, batch, stage):
+        """One front-end pass, one gradient-free classifier pass, then the
+        method's interpretation. Returns an ``Interpretation``."""
+        batch = batch.to(self.device)
+        wavs, _ = batch.sig
+        X, stft = self.front_end(wavs)
+        with torch.no_grad():
+            hidden, logits = self.classify(X)
+        return self.interpret(X, stft, hidden, logits, stage)
+
+    def compute_objectives(self, result, batch, stage):
+        """The method's loss; in validation and test also accumulates the
+        metrics (and, at test, saves interpretations if asked)."""
+        loss = self.interpreter_loss(result, batch, stage)
+        if stage != sb.Stage.TRAIN:
+            labels = batch.label_encoded.data.to(self.device).squeeze(-1)
+            self.accumulate_metrics(result, labels)
+            if stage == sb.Stage.TEST and self.hparams.save_interpretations:
+                self.save_interpretations(result, batch, labels)
+        return loss
+
+    def accumulate_metrics(self, result, labels):
+        """Adds the batch's per-clip metrics to the running sums. The masked-in
+        and masked-out inputs go through the classifier in one batched pass."""
+        with torch.no_grad():
+            M, X = result.mask.detach(), result.X.detach()
+            _, io_logits = self.classify(torch.cat([M * X, (1 - M) * X]))
+            p = F.softmax(result.logits.float(), dim=1)
+            p_in, p_out = F.softmax(io_logits.float(), dim=1).chunk(2)
+            values = metrics.per_clip_metrics(p, p_in, p_out, M.float(), labels)
+            defined = ~torch.isnan(values["SPS"])
+            sums = [values[name].nansum().double() for name in metrics.HIGHER_IS_BETTER]
+            counts = [torch.tensor(float(len(labels))), defined.sum().double()]
+            self.metric_sums += torch.stack(sums + [c.to(sums[0]) for c in counts])
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the metric sums."""
+        n = len(metrics.HIGHER_IS_BETTER)
+        self.metric_sums = torch.zeros(n + 2, dtype=torch.float64, device=self.device)
+
+    def reduce_metrics(self, stage_loss):
+        """Sums over processes, then means: returns a dict of plain floats
+        (``SPS``/``COMP`` over clips whose mask is not all zero, None if none)."""
+        sums = ddp_all_reduce(self.metric_sums.clone(), torch.distributed.ReduceOp.SUM)
+        loss = ddp_all_reduce(torch.tensor(float(stage_loss), device=self.device), torch.distributed.ReduceOp.SUM)
+        world = int(os.environ.get("WORLD_SIZE", 1)) if torch.distributed.is_initialized() else 1
+        n_clips, n_defined = sums[-2].item(), sums[-1].item()
+        stats = {"loss": loss.item() / world, "n_clips": int(n_clips), "n_empty_masks": int(n_clips - n_defined)}
+        for i, name in enumerate(metrics.HIGHER_IS_BETTER):
+            denominator = n_defined if name in ("SPS", "COMP") else n_clips
+            stats[name] = sums[i].item() / denominator if denominator else None
+        return stats
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs; after validation, anneals the learning rate and checkpoints;
+        after test, writes ``test_metrics.json``."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss}
+            return
+        stats = self.reduce_metrics(stage_loss)
+        if stage == sb.Stage.VALID:
+            old_lr, new_lr = self.hparams.lr_annealing([self.optimizer], epoch, 1.0 - stats[self.best_key])
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": old_lr},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(meta=stats, max_keys=[self.best_key])
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )
+            if if_main_process():
+                path = os.path.join(self.hparams.output_folder, "test_metrics.json")
+                write_atomically(path, lambda f: json.dump(stats, f, indent=2))
+                logger.info(f"Test metrics written to {path}")
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """Under DDP, validation and test are split across processes (each clip
+        evaluated once); their metric sums are then reduced."""
+        if stage != sb.Stage.TRAIN and self.distributed_launch:
+            world = int(os.environ["WORLD_SIZE"])
+            loader_kwargs["sampler"] = list(range(len(dataset)))[self.rank :: world]
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def check_test_only(self):
+        """Raises a clear error when ``--test_only`` finds no trained model."""
+        if self.checkpointer.find_checkpoint(max_key=self.best_key) is None:
+            raise RuntimeError(
+                f"--test_only: no checkpoint with '{self.best_key}' in "
+                f"{self.checkpointer.checkpoints_dir}. Train first (run without --test_only), "
+                "or point --output_folder at the folder of a finished run."
+            )
+
+    def fit_and_test(self, datasets):
+        """Trains (unless ``--test_only``) then tests the best checkpoint."""
+        if self.test_only:
+            self.check_test_only()
+        self.fit(
+            self.hparams.epoch_counter,
+            datasets["train"],
+            datasets["valid"],
+            train_loader_kwargs=self.hparams.train_dataloader_opts,
+            valid_loader_kwargs=self.hparams.test_dataloader_opts,
+        )
+        self.evaluate(datasets["test"], max_key=self.best_key, test_loader_kwargs=self.hparams.test_dataloader_opts)
+
+    # ---- saved interpretations ------------------------------------------------
+    def save_interpretations(self, result, batch, labels):
+        """Writes, for every clip, ``interpretations/<clip id>/`` with
+        original.wav, interpretation.wav (ISTFT of expm1(M*X) with the original
+        phase), mask.npy (float32 [T, F]) and spectra.png."""
+        import plotting  # matplotlib/librosa are imported only when needed
+
+        wavs = batch.sig.data.float().cpu()
+        stft = result.stft.float()
+        phase = torch.atan2(stft[..., 1], stft[..., 0])
+        magnitude = torch.expm1(result.X_int.float())
+        complex_int = torch.stack([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], -1)
+        wavs_int = self.hparams.compute_istft(complex_int, sig_length=wavs.shape[1]).cpu()
+        encoder = self.hparams.label_encoder
+        sr = self.hparams.sample_rate
+        for i, clip_id in enumerate(batch.id):
+            folder = os.path.join(self.hparams.output_folder, "interpretations", clip_id)
+            os.makedirs(folder, exist_ok=True)
+            mask = result.mask[i].detach().float().cpu().numpy().astype(np.float32)
+            for name, audio in (("original.wav", wavs[i]), ("interpretation.wav", wavs_int[i])):
+                write_atomically(
+                    os.path.join(folder, name),
+                    lambda f, a=audio: sf.write(f, a.numpy(), sr, format="WAV", subtype="FLOAT"),
+                    mode="wb",
+                )
+            write_atomically(os.path.join(folder, "mask.npy"), lambda f: np.save(f, mask), mode="wb")
+            plotting.plot_interpretation(
+                os.path.join(folder, "spectra.png"),
+                X=result.X[i].detach().float().cpu().numpy(),
+                mask=mask,
+                true_class=encoder.ind2lab[int(labels[i])],
+                predicted_class=encoder.ind2lab[int(result.class_pred[i])],
+                sample_rate=sr,
+                hop_length=self.hparams.compute_stft.hop_length,
+            )
+
+
+# ---- experiment plumbing shared by the scripts -----------------------------
+def setup_experiment(argv):
+    """Parses the command line, loads the YAML with its overrides, starts DDP
+    if launched by torchrun and creates the output folder (with
+    hyperparams.yaml, env.log, log.txt and a copy of the calling script).
+
+    Returns
+    -------
+    (hparams dict, run_opts dict)
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
+    if if_main_process() and getattr(sys.modules["__main__"], "__file__", None):
+        shutil.copy(os.path.realpath(sys.modules["__main__"].__file__), hparams["output_folder"])
+    return hparams, run_opts
+
+
+def strict_load(module, path):
+    """Loads a state dict into ``module`` and fails unless every parameter and
+    buffer of the module is covered and every stored tensor is used (unlike
+    the Pretrainer's default, which only warns and keeps random weights)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"Checkpoint {path} does not match {type(module).__name__}: {err}\n"
+            "Check the *_model_path keys and the architecture keys (e.g. emb_dim, out_n_neurons) "
+            "of the YAML: they must describe the model that wrote this file."
+        ) from None
+
+
+def label_encoder_from_manifest(manifest):
+    """The public recipe's label mapping: class k is the k-th category met
+    while reading the training manifest (rows of meta/esc50.csv in order)."""
+    encoder = CategoricalEncoder()
+    with open(manifest) as f:
+        entries = json.load(f)
+    encoder.update_from_iterable(entry["category"] for entry in entries.values())
+    return encoder
+
+
+def load_classifier(hparams):
+    """Loads the frozen classifier (if ``use_pretrained``) and returns its
+    label mapping, also stored as ``hparams["label_encoder"]`` and written
+    to ``<save_folder>/label_encoder.txt``.
+
+    The weights come through ``hparams["pretrainer"]`` (hub id or local path)
+    and are loaded strictly. The mapping is ``label_encoder.txt`` beside the
+    classifier checkpoint if there is one (written by train_classifier.py),
+    else the order of the training manifest (how the public checkpoints were
+    trained). It must have exactly ``out_n_neurons`` classes.
+    """
+    source = None
+    if hparams["use_pretrained"]:
+        pretrainer = hparams["pretrainer"]
+        run_on_main(pretrainer.collect_files)
+        paths = pretrainer.collect_files()
+        for name, path in paths.items():
+            strict_load(pretrainer.loadables[name], path)
+        beside = os.path.join(os.path.dirname(os.path.realpath(paths["classifier"])), "label_encoder.txt")
+        source = beside if os.path.isfile(beside) else None
+    if source is not None:
+        encoder = CategoricalEncoder()
+        encoder.load(source)
+    else:
+        source = hparams["train_annotation"]
+        encoder = label_encoder_from_manifest(source)
+    if len(encoder) != hparams["out_n_neurons"]:
+        raise ValueError(
+            f"The classifier has out_n_neurons={hparams['out_n_neurons']} outputs but its label "
+            f"mapping ({source}) has {len(encoder)} classes. Set --out_n_neurons {len(encoder)}."
+        )
+    logger.info(f"Classifier label mapping from {source}: {len(encoder)} classes")
+    if if_main_process():
+        encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
+    hparams["label_encoder"] = encoder
+    return encoder
+
+
+def prepare_datasets(hparams, frozen_classifier=True):
+    """Runs ESC-50 preparation on the main process, then builds the train,
+    valid and test datasets with outputs ``id``, ``sig`` (float32 clip at the
+    recipe's sample rate) and ``label_encoded``.
+
+    With ``frozen_classifier``, the classifier is loaded (``load_classifier``)
+    and labels follow its mapping; otherwise (training a classifier) the
+    mapping is the order of the training manifest.
+
+    Returns
+    -------
+    (dict split -> DynamicItemDataset, CategoricalEncoder)
+    """
+    run_on_main(
+        prepare_esc50,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["save_folder"],
+            "train_fold_nums": hparams["train_fold_nums"],
+            "valid_fold_nums": hparams["valid_fold_nums"],
+            "test_fold_nums": hparams["test_fold_nums"],
+            "sample_rate": hparams["sample_rate"],
+            "signal_length_s": hparams["signal_length_s"],
+            "url": hparams["esc50_url"],
+            "sha256": hparams["esc50_sha256"],
+        },
+    )
+    if frozen_classifier:
+        label_encoder = load_classifier(hparams)
+    else:
+        label_encoder = label_encoder_from_manifest(hparams["train_annotation"])
+
+    @sb.utils.data_pipeline.takes("wav", "category")
+    @sb.utils.data_pipeline.provides("sig", "label_encoded")
+    def pipeline(wav, category):
+        yield torch.from_numpy(np.load(wav))
+        if category not in label_encoder.lab2ind:
+            raise KeyError(
+                f"Class '{category}' of the data is not one of the classifier's classes "
+                f"{list(label_encoder.lab2ind)}; check the folds and the classifier."
+            )
+        yield torch.LongTensor([label_encoder.encode_label(category)])
+
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        datasets[split] = DynamicItemDataset.from_json(
+            hparams[f"{split}_annotation"], dynamic_items=[pipeline], output_keys=["id", "sig", "label_encoded"]
+        )
+    return datasets, label_encoder

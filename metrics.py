@@ -1,0 +1,138 @@
+"""Interpretation metrics as pure functions over tensors (METHODS.md §5).
+
+Every function takes tensors that were computed once per batch (probabilities,
+predicted classes, masks) and returns ONE VALUE PER CLIP, shape ``[B]``. Means
+over a dataset are taken by the caller, so sums can be reduced across
+processes before dividing. Nothing here runs a model.
+
+Notation: ``p``, ``p_in`` and ``p_out`` are softmax probabilities ``[B, C]`` of
+the frozen classifier on the original input X, on the masked-in input M*X and on
+the masked-out input (1-M)*X; ``c`` ``[B]`` is the class predicted on X; all
+probabilities are read at ``c``. Softmax is applied once, by the caller.
+
+Direction of each metric (``HIGHER_IS_BETTER``): accuracy, fidelity_in,
+faithfulness, AI, AG and SPS are better when higher; AD and COMP when lower.
+
+Example
+-------
+>>> import torch
+>>> p = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
+>>> c = p.argmax(1)
+>>> average_drop(p, p, c)
+tensor([0., 0.])
+>>> faithfulness(p, p, c)
+tensor([0., 0.])
+"""
+
+import torch
+
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "fidelity_in": True,
+    "faithfulness": True,
+    "AI": True,
+    "AD": False,
+    "AG": True,
+    "SPS": True,
+    "COMP": False,
+}
+
+
+def _at_class(p, c):
+    """Reads ``p [B, C]`` at the classes ``c [B]``; returns ``[B]``."""
+    return p.gather(1, c.long().unsqueeze(1)).squeeze(1)
+
+
+def accuracy(p, labels):
+    """1 where ``argmax p == label``, else 0. p: [B, C], labels: [B]. Higher is better."""
+    return (p.argmax(1) == labels).float()
+
+
+def input_fidelity(p_in, c):
+    """Fid-In = [argmax p_in == c]. p_in: [B, C], c: [B]. Higher is better."""
+    return (p_in.argmax(1) == c).float()
+
+
+def faithfulness(p, p_out, c):
+    """FF = p_c - p_out_c: how much removing the interpretation costs the
+    decision. p, p_out: [B, C], c: [B]. Higher is better."""
+    return _at_class(p, c) - _at_class(p_out, c)
+
+
+def average_increase(p, p_in, c):
+    """AI = 100 * [p_in_c > p_c]. p, p_in: [B, C], c: [B]. Higher is better."""
+    return 100.0 * (_at_class(p_in, c) > _at_class(p, c)).float()
+
+
+def average_drop(p, p_in, c, eps=1e-12):
+    """AD = 100 * max(0, p_c - p_in_c) / p_c. p, p_in: [B, C] probabilities
+    (NOT logits), c: [B]. Lower is better."""
+    p_c, p_in_c = _at_class(p, c), _at_class(p_in, c)
+    return 100.0 * (p_c - p_in_c).clamp(min=0) / p_c.clamp(min=eps)
+
+
+def average_gain(p, p_in, c, eps=1e-12):
+    """AG = 100 * max(0, p_in_c - p_c) / (1 - p_c). p, p_in: [B, C], c: [B].
+    Higher is better."""
+    p_c, p_in_c = _at_class(p, c), _at_class(p_in, c)
+    return 100.0 * (p_in_c - p_c).clamp(min=0) / (1.0 - p_c).clamp(min=eps)
+
+
+def sparseness(mask):
+    """SPS: Gini index of |M| per clip (Quantus ``Sparseness``), in [0, 1).
+
+    For the n values a_(1) <= ... <= a_(n) of |M|:
+    G = sum_i (2i - n - 1) a_(i) / (n sum_i a_(i)).
+    mask: [B, ...]. Returns [B]; NaN for an all-zero mask, whose Gini index is
+    undefined (the caller counts and excludes those). Higher is better.
+    """
+    a = mask.detach().abs().flatten(1).double().sort(dim=1).values
+    n = a.shape[1]
+    i = torch.arange(1, n + 1, device=a.device, dtype=a.dtype)
+    total = a.sum(1)
+    gini = ((2 * i - n - 1) * a).sum(1) / (n * total)
+    return torch.where(total > 0, gini, torch.full_like(gini, float("nan")))
+
+
+def complexity(mask):
+    """COMP: entropy (nats) of the distribution |M| / sum|M| per clip (Quantus
+    ``Complexity``), in [0, log n].
+
+    mask: [B, ...]. Returns [B]; NaN for an all-zero mask (undefined).
+    Lower is better.
+    """
+    a = mask.detach().abs().flatten(1).double()
+    total = a.sum(1, keepdim=True)
+    q = a / total.clamp(min=torch.finfo(a.dtype).tiny)
+    entropy = -torch.special.xlogy(q, q).sum(1)
+    return torch.where(total.squeeze(1) > 0, entropy, torch.full_like(entropy, float("nan")))
+
+
+def per_clip_metrics(p, p_in, p_out, mask, labels):
+    """All metrics of METHODS.md §5 for one batch, one value per clip.
+
+    Arguments
+    ---------
+    p, p_in, p_out : torch.Tensor
+        [B, C] softmax probabilities on X, M*X and (1-M)*X.
+    mask : torch.Tensor
+        [B, T, F] interpretation mask M in [0, 1].
+    labels : torch.Tensor
+        [B] true class indices (in the classifier's own label mapping).
+
+    Returns
+    -------
+    dict
+        name -> [B] tensor; SPS and COMP hold NaN for all-zero masks.
+    """
+    c = p.argmax(1)
+    return {
+        "accuracy": accuracy(p, labels),
+        "fidelity_in": input_fidelity(p_in, c),
+        "faithfulness": faithfulness(p, p_out, c),
+        "AI": average_increase(p, p_in, c),
+        "AD": average_drop(p, p_in, c),
+        "AG": average_gain(p, p_in, c),
+        "SPS": sparseness(mask),
+        "COMP": complexity(mask),
+    }

@@ -1,0 +1,48 @@
+"""Figures of the recipe: input, mask and interpretation side by side.
+
+Imported only when interpretations are saved, so training never pays for
+matplotlib or librosa.
+"""
+
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import librosa.display  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+from esc50_prepare import write_atomically  # noqa: E402
+
+
+def plot_interpretation(path, X, mask, true_class, predicted_class, sample_rate, hop_length):
+    """Saves a PNG with three labelled spectrograms (time in s, frequency in Hz).
+
+    Arguments
+    ---------
+    path : str
+        PNG file to write (atomically).
+    X, mask : numpy.ndarray
+        [T, F] log1p magnitude and mask in [0, 1].
+    true_class, predicted_class : str
+        Class names shown in the title.
+    sample_rate : int
+        Hz.
+    hop_length : int
+        STFT hop in samples.
+    """
+    panels = (("input log1p |STFT|", X, "magma"), ("mask", mask, "viridis"), ("interpretation", mask * X, "magma"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, (title, image, cmap) in zip(axes, panels):
+        shown = librosa.display.specshow(
+            image.T, sr=sample_rate, hop_length=hop_length, x_axis="time", y_axis="linear", cmap=cmap, ax=ax
+        )
+        ax.set_title(title)
+        fig.colorbar(shown, ax=ax)
+    fig.suptitle(f"{os.path.basename(os.path.dirname(path))}: true {true_class}, predicted {predicted_class}")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    write_atomically(path, lambda f: f.write(buffer.getvalue()), mode="wb")

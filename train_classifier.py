@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Trains an ESC-50 classifier that the interpreter configs can load.
+
+Run:
+    python train_classifier.py hparams/classifier_conv2d.yaml --data_folder=/data/ESC50
+
+It trains the conv2d classifier of METHODS.md §3 (Conv2dEncoder_v2 + ECAPA
+cosine classifier, additive angular margin loss), keeps the checkpoint with the
+lowest validation error, tests it, and exports it as
+``<output_folder>/embedding_model.ckpt``, ``classifier.ckpt`` and
+``label_encoder.txt``. Point an interpreter at them with
+``--embedding_model_path=<output_folder>/embedding_model.ckpt
+--classifier_model_path=<output_folder>/classifier.ckpt --out_n_neurons=<classes>``.
+Read ``main`` first.
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import os
+import sys
+
+import torch
+
+import speechbrain as sb
+from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
+
+from esc50_prepare import write_atomically
+from interpreter_brain import classifier_forward, log_spectrogram, prepare_datasets, setup_experiment
+
+logger = get_logger(__name__)
+
+
+class ClassifierBrain(sb.Brain):
+    """Trains embedding_model + classifier on log1p STFT magnitudes."""
+
+    def compute_forward(self, batch, stage):
+        """wavs -> cosine scores [B, C]."""
+        batch = batch.to(self.device)
+        X, _ = log_spectrogram(self.hparams.compute_stft, batch.sig.data)
+        _, logits = classifier_forward(self.modules.embedding_model, self.modules.classifier, X)
+        return logits
+
+    def compute_objectives(self, logits, batch, stage):
+        """Additive angular margin loss; error rate tracked outside training."""
+        labels = batch.label_encoded.data.to(self.device)
+        if stage != sb.Stage.TRAIN:
+            self.error_metrics.append(batch.id, logits.unsqueeze(1), labels)
+        return self.hparams.compute_cost(logits.unsqueeze(1).float(), labels)
+
+    def on_stage_start(self, stage, epoch=None):
+        """New error-rate tracker."""
+        self.error_metrics = self.hparams.error_stats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs; checkpoints on validation error_rate; exports the tested model."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss}
+            return
+        stats = {"loss": stage_loss, "error_rate": float(self.error_metrics.summarize("average"))}
+        if stage == sb.Stage.VALID:
+            old_lr, _ = self.hparams.lr_annealing([self.optimizer], epoch, stats["error_rate"])
+            self.hparams.train_logger.log_stats({"epoch": epoch, "lr": old_lr}, self.train_stats, stats)
+            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["error_rate"])
+        else:
+            self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+            if if_main_process():
+                self.export()
+
+    def export(self):
+        """Writes the loaded (best) model for the interpreters, atomically."""
+        folder = self.hparams.output_folder
+        for name in ("embedding_model", "classifier"):
+            state = self.modules[name].state_dict()
+            write_atomically(os.path.join(folder, f"{name}.ckpt"), lambda f, s=state: torch.save(s, f), mode="wb")
+        self.hparams.label_encoder.save(os.path.join(folder, "label_encoder.txt"))
+        logger.info(f"Classifier exported to {folder}/{{embedding_model,classifier}}.ckpt")
+
+
+def main(argv):
+    """Parse, prepare data, train, test the best checkpoint, export it."""
+    hparams, run_opts = setup_experiment(argv)
+    datasets, label_encoder = prepare_datasets(hparams, frozen_classifier=False)
+    hparams["label_encoder"] = label_encoder
+    brain = ClassifierBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    brain.evaluate(datasets["test"], min_key="error_rate", test_loader_kwargs=hparams["test_dataloader_opts"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
