@@ -358,6 +358,7 @@ def load_classifier(hparams):
             f"The classifier has out_n_neurons={hparams['out_n_neurons']} outputs but its label "
             f"mapping ({source}) has {len(encoder)} classes. Set --out_n_neurons {len(encoder)}."
         )
+    encoder.expect_len(len(encoder))
     logger.info(f"Classifier label mapping from {source}: {len(encoder)} classes")
     if if_main_process():
         encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))

@@ -81,6 +81,12 @@ def main(argv):
     """Parse, prepare data, train, test the best checkpoint, export it."""
     hparams, run_opts = setup_experiment(argv)
     datasets, label_encoder = prepare_datasets(hparams, frozen_classifier=False)
+    if len(label_encoder) != hparams["out_n_neurons"]:
+        raise ValueError(
+            f"The training folds hold {len(label_encoder)} classes but out_n_neurons="
+            f"{hparams['out_n_neurons']}. Set --out_n_neurons {len(label_encoder)}."
+        )
+    label_encoder.expect_len(len(label_encoder))
     hparams["label_encoder"] = label_encoder
     brain = ClassifierBrain(
         modules=hparams["modules"],

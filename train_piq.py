@@ -17,8 +17,6 @@ import sys
 
 import torch.nn.functional as F
 
-import speechbrain as sb
-
 from interpreter_brain import Interpretation, InterpreterBrain, prepare_datasets, setup_experiment
 
 
