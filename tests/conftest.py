@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny generated ESC-50-layout data and a trained classifier.
+
+Everything runs the real scripts as subprocesses, the way a user runs them.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import synthetic_esc50  # noqa: E402
+
+N_CLASSES = 3
+# Shrunk architecture so that every end-to-end run takes seconds on 2 CPU cores.
+TINY = ["--emb_dim", "16", "--batch_size", "4", "--device", "cpu", "--noprogressbar"]
+TINY_PIQ = TINY + ["--K", "48", "--out_n_neurons", str(N_CLASSES)]
+
+
+def run_script(script, hparams_file, *args, env=None, expect_ok=True, launcher=None):
+    """Runs ``python <script> <hparams_file> <args>`` from the recipe folder.
+
+    Returns the CompletedProcess; fails the test with the output when the exit
+    status is not the expected one."""
+    command = (launcher or [sys.executable]) + [script, hparams_file] + [str(a) for a in args]
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=900)
+    if (proc.returncode == 0) != expect_ok:
+        pytest.fail(f"{' '.join(command)} exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """Generated data in ESC-50 layout: 3 classes, 4 clips per fold."""
+    folder = tmp_path_factory.mktemp("synthetic_esc50")
+    synthetic_esc50.generate(str(folder), n_classes=N_CLASSES, clips_per_fold=4)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(synthetic_data, tmp_path_factory):
+    """A tiny conv2d classifier trained by train_classifier.py; returns its
+    output folder (embedding_model.ckpt, classifier.ckpt, label_encoder.txt)."""
+    out = tmp_path_factory.mktemp("classifier")
+    run_script(
+        "train_classifier.py", "hparams/classifier_conv2d.yaml",
+        "--data_folder", synthetic_data, "--output_folder", out,
+        "--out_n_neurons", N_CLASSES, "--number_of_epochs", 2, *TINY,
+    )
+    return out
+
+
+def classifier_args(folder):
+    """Command-line overrides pointing an interpreter at a trained classifier."""
+    return [
+        "--embedding_model_path", os.path.join(folder, "embedding_model.ckpt"),
+        "--classifier_model_path", os.path.join(folder, "classifier.ckpt"),
+    ]
