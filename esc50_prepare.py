@@ -19,6 +19,7 @@ Authors: the ESC-50 interpretability recipe developers.
 """
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -174,6 +175,13 @@ def download_and_extract(url, data_folder, marker, sha256=None):
         _remove(part, scratch)
 
 
+@functools.lru_cache(maxsize=8)
+def _resampler(orig_sr, sample_rate):
+    """One resampling filter per rate pair, built once (building it costs more
+    than applying it)."""
+    return torchaudio.transforms.Resample(orig_sr, sample_rate)
+
+
 def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
     """Loads one clip as the recipe's models expect it.
 
@@ -195,7 +203,7 @@ def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
         ) from err
     wav = torch.from_numpy(data).mean(1)
     if orig_sr != sample_rate:
-        wav = torchaudio.functional.resample(wav, orig_sr, sample_rate)
+        wav = _resampler(orig_sr, sample_rate)(wav)
     n = int(round(sample_rate * signal_length_s))
     wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
     return wav / (wav.abs().max() + eps)
@@ -235,12 +243,8 @@ def prepare_esc50(
     dict
         split -> manifest path.
     """
-    train_fold_nums, valid_fold_nums, test_fold_nums = (
-        list(train_fold_nums),
-        list(valid_fold_nums),
-        list(test_fold_nums),
-    )
     check_folds(train_fold_nums, valid_fold_nums, test_fold_nums)
+    train_fold_nums, valid_fold_nums, test_fold_nums = map(list, (train_fold_nums, valid_fold_nums, test_fold_nums))
     if not os.path.isfile(os.path.join(data_folder, ESC50_CSV)):
         download_and_extract(url, data_folder, "meta/esc50.csv", sha256)
 
@@ -259,7 +263,9 @@ def prepare_esc50(
                 logger.info(f"Manifests in {save_folder} are up to date; skipping preparation.")
                 return manifests
 
-    cache = os.path.join(save_folder, f"audio_{sample_rate}Hz_{signal_length_s}s")
+    _remove(options_path)  # a rebuild stopped half-way must not look up to date
+    source_key = hashlib.sha1(options["data_folder"].encode()).hexdigest()[:10]
+    cache = os.path.join(save_folder, f"audio_{sample_rate}Hz_{signal_length_s}s_{source_key}")
     os.makedirs(cache, exist_ok=True)
     rows = read_metadata(data_folder)
     for split, folds in options["folds"].items():

@@ -106,11 +106,14 @@ class InterpreterBrain(sb.Brain):
     ``output_folder``, ``save_interpretations``, ``train_logger``,
     ``lr_annealing``, ``channels_last``.
 
-    The checkpoint kept as best, the learning-rate schedule and ``--test_only``
-    all use the validation metric ``best_key`` (higher is better).
+    The checkpoint kept as best, the one ``--test_only`` and the test stage
+    load, is selected on ONE key stored in its meta: ``best_key``, the
+    validation loss of the interpreter (lower is better). Masks that keep
+    everything score the best fidelity, so fidelity only drives the learning
+    rate schedule (METHODS.md §4).
     """
 
-    best_key = "fidelity_in"
+    best_key = "loss"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -199,13 +202,13 @@ class InterpreterBrain(sb.Brain):
             return
         stats = self.reduce_metrics(stage_loss)
         if stage == sb.Stage.VALID:
-            old_lr, new_lr = self.hparams.lr_annealing([self.optimizer], epoch, 1.0 - stats[self.best_key])
+            old_lr, _ = self.hparams.lr_annealing([self.optimizer], epoch, 1.0 - stats["fidelity_in"])
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta=stats, max_keys=[self.best_key])
+            self.checkpointer.save_and_keep_only(meta=stats, min_keys=[self.best_key])
         else:
             self.hparams.train_logger.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
@@ -225,7 +228,7 @@ class InterpreterBrain(sb.Brain):
 
     def check_test_only(self):
         """Raises a clear error when ``--test_only`` finds no trained model."""
-        if self.checkpointer.find_checkpoint(max_key=self.best_key) is None:
+        if self.checkpointer.find_checkpoint(min_key=self.best_key) is None:
             raise RuntimeError(
                 f"--test_only: no checkpoint with '{self.best_key}' in "
                 f"{self.checkpointer.checkpoints_dir}. Train first (run without --test_only), "
@@ -243,7 +246,7 @@ class InterpreterBrain(sb.Brain):
             train_loader_kwargs=self.hparams.train_dataloader_opts,
             valid_loader_kwargs=self.hparams.test_dataloader_opts,
         )
-        self.evaluate(datasets["test"], max_key=self.best_key, test_loader_kwargs=self.hparams.test_dataloader_opts)
+        self.evaluate(datasets["test"], min_key=self.best_key, test_loader_kwargs=self.hparams.test_dataloader_opts)
 
     # ---- saved interpretations ------------------------------------------------
     def save_interpretations(self, result, batch, labels):

@@ -1,0 +1,554 @@
+#!/usr/bin/env python3
+"""Speed, memory and precision benchmark of an interpreter recipe.
+
+Measures, for one interpreter config (a training script holding a
+``speechbrain.Brain`` subclass plus its YAML) at one precision on one device:
+
+* seconds per training epoch: the first epoch (warm-up: allocator, oneDNN or
+  cuDNN kernel selection) on its own, then the median over the later epochs;
+  also seconds per training batch (forward + backward + step) and per
+  validation pass;
+* test clips per second (the TEST stage of ``brain.evaluate``, without the
+  time spent writing interpretations to disk, which is reported separately);
+* peak memory: on CPU the peak resident set size (VmHWM of /proc/self/status,
+  reset between phases through /proc/self/clear_refs where Linux allows it,
+  else ``resource.getrusage``); on CUDA ``torch.cuda.max_memory_allocated``;
+* the test metrics (the brain's ``test_metrics.json``).
+
+It only measures and prints; it asserts nothing. The Brain is built in
+process exactly as the scripts' ``main`` does (``setup_experiment``,
+``prepare_datasets``, then ``fit_and_test``). The Brain class is found in the
+module given by ``--script`` (the one ``speechbrain.Brain`` subclass defined
+there, or ``--brain_class``), so every method of the recipe can reuse this file.
+
+Run (from the recipe folder; the numbers of the full-size PIQ on generated
+data, fp32 against bf16 on the same initial weights and data):
+
+    .venv/bin/python benchmarks/benchmark.py --script train_piq.py \\
+        --hparams hparams/piq.yaml --device cpu --compare fp32,bf16 \\
+        --n_classes 4 --clips_per_fold 8 \\
+        --use_pretrained False --out_n_neurons 4 --batch_size 8 --number_of_epochs 2
+
+One precision only: ``--precision bf16`` instead of ``--compare``. Every
+argument the benchmark does not know (``--emb_dim 16``, ``--K 48``,
+``--save_interpretations False``, ...) is passed to the YAML as an override.
+Without ``--data_folder``, data are generated with ``synthetic_esc50.generate``;
+without ``--output_folder``, everything goes to a temporary folder that is
+removed at the end (keep it with ``--keep``). With ``--compare``, each
+precision runs in its own process (so that peak RSS is its own), the first one
+saves the initial weights of every module of the YAML and the others load them.
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import argparse
+import importlib.util
+import inspect
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RECIPE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, RECIPE_ROOT)
+
+import torch  # noqa: E402
+
+import speechbrain as sb  # noqa: E402
+from speechbrain.utils.logger import get_logger  # noqa: E402
+
+logger = get_logger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+# ---- memory --------------------------------------------------------------
+def _proc_status_kb(field):
+    """Value (kB) of ``field`` in /proc/self/status, None if unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb():
+    """Current resident set size in MiB (None where /proc is missing)."""
+    kb = _proc_status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def process_peak_rss_mb():
+    """Peak RSS of this process since it started (or since the last
+    successful ``reset_peak_rss``), in MiB, from getrusage."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+
+
+def reset_peak_rss():
+    """Resets the kernel's peak-RSS mark of this process (Linux >= 4.0).
+    Returns True on success: ``peak_rss_mb`` then gives the peak since now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb():
+    """Peak RSS (MiB): VmHWM where available, else getrusage."""
+    kb = _proc_status_kb("VmHWM")
+    return process_peak_rss_mb() if kb is None else kb / 1024
+
+
+class MemoryMeter:
+    """Peak memory of a phase: CUDA allocator peak on a GPU, peak RSS on CPU."""
+
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+        self.resettable = True
+
+    def start(self):
+        """Starts a phase (resets the peak marks)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.resettable = reset_peak_rss()
+
+    def peak(self):
+        """Peak of the phase in MiB, and what it measures."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**20, "torch.cuda.max_memory_allocated"
+        if self.resettable:
+            return peak_rss_mb(), "peak RSS of the phase (VmHWM)"
+        return process_peak_rss_mb(), "peak RSS since process start (getrusage; phases not separable)"
+
+
+# ---- finding and timing the Brain ------------------------------------------
+def resolve(path):
+    """``path`` as given if it exists, else relative to the recipe folder."""
+    if os.path.exists(path):
+        return os.path.abspath(path)
+    candidate = os.path.join(RECIPE_ROOT, path)
+    if os.path.exists(candidate):
+        return candidate
+    raise FileNotFoundError(f"{path} (looked in {os.getcwd()} and {RECIPE_ROOT})")
+
+
+def load_script_module(script):
+    """Imports the training script as a module (its folder on sys.path)."""
+    folder = os.path.dirname(script)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = os.path.splitext(os.path.basename(script))[0]
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_brain_class(module, name=None):
+    """The ``sb.Brain`` subclass defined in ``module``: the one named ``name``,
+    else the only one that no other class of the module derives from."""
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, sb.Brain) and obj.__module__ == module.__name__
+    ]
+    if name is not None:
+        for cls in classes:
+            if cls.__name__ == name:
+                return cls
+        raise ValueError(f"No Brain class {name} in {module.__file__}; found {[c.__name__ for c in classes]}")
+    leaves = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
+    if len(leaves) != 1:
+        raise ValueError(
+            f"{module.__file__} defines Brain classes {[c.__name__ for c in leaves]}: choose one with --brain_class"
+        )
+    return leaves[0]
+
+
+def timed_brain_class(base):
+    """A subclass of ``base`` that records wall-clock times of every stage,
+    training batch, ``fit``, ``evaluate`` and ``save_interpretations``
+    (time.perf_counter, after a CUDA synchronisation on a GPU)."""
+
+    class TimedBrain(base):
+        def _now(self):
+            if str(self.device).startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def _timings(self):
+            if not hasattr(self, "timings"):
+                self.timings = {"train": [], "valid": [], "test": [], "batch": [], "save": 0.0}
+            return self.timings
+
+        def on_stage_start(self, stage, epoch=None):
+            self._timings()
+            self._stage_start = self._now()
+            self._save_at_start = self.timings["save"]
+            return super().on_stage_start(stage, epoch)
+
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            # Train: before the base hook (only bookkeeping). Valid/test:
+            # after it (checkpointing and test_metrics.json are part of the cost).
+            if stage == sb.Stage.TRAIN:
+                self.timings["train"].append(self._now() - self._stage_start)
+                return super().on_stage_end(stage, stage_loss, epoch)
+            out = super().on_stage_end(stage, stage_loss, epoch)
+            elapsed = self._now() - self._stage_start
+            saving = self.timings["save"] - self._save_at_start
+            key = "valid" if stage == sb.Stage.VALID else "test"
+            self.timings[key].append({"total": elapsed, "saving": saving})
+            return out
+
+        def fit_batch(self, batch):
+            start = self._now()
+            loss = super().fit_batch(batch)
+            self._timings()["batch"].append(self._now() - start)
+            return loss
+
+        def fit(self, *args, **kwargs):
+            start = self._now()
+            out = super().fit(*args, **kwargs)
+            self._timings()["fit_total"] = self._now() - start
+            return out
+
+        def evaluate(self, *args, **kwargs):
+            start = self._now()
+            out = super().evaluate(*args, **kwargs)
+            self._timings()["evaluate_total"] = self._now() - start
+            return out
+
+        if hasattr(base, "save_interpretations"):
+
+            def save_interpretations(self, *args, **kwargs):
+                start = self._now()
+                out = super().save_interpretations(*args, **kwargs)
+                self._timings()["save"] += self._now() - start
+                return out
+
+    TimedBrain.__name__ = TimedBrain.__qualname__ = f"Timed{base.__name__}"
+    return TimedBrain
+
+
+# ---- initial weights shared between precisions ------------------------------
+def yaml_modules(hparams, brain):
+    """name -> nn.Module for every module of the YAML's top level and of the
+    Brain's ``modules`` (frozen classifier included)."""
+    found = {f"modules.{k}": m for k, m in brain.modules.items()}
+    for key, value in hparams.items():
+        if isinstance(value, torch.nn.Module):
+            found.setdefault(key, value)
+    return found
+
+
+def share_initial_state(hparams, brain, path):
+    """Saves the initial state of every module to ``path``, or loads it from
+    there when it exists (so that all precisions start from the same weights)."""
+    modules = yaml_modules(hparams, brain)
+    if os.path.isfile(path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = sorted(set(modules) ^ set(state))
+        if missing:
+            raise RuntimeError(f"Initial state {path} does not match the modules of this run: {missing}")
+        for name, module in modules.items():
+            module.load_state_dict(state[name], strict=True)
+        logger.info(f"Initial weights loaded from {path}")
+    else:
+        state = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+        torch.save(state, path)
+        logger.info(f"Initial weights saved to {path}")
+
+
+# ---- one run -------------------------------------------------------------------
+def run_one(args, overrides, precision, output_folder, init_state=None):
+    """Builds the Brain as the script's ``main`` does, trains and tests it at
+    ``precision``; returns a dict of measurements."""
+    script, hparams_file = resolve(args.script), resolve(args.hparams)
+    module = load_script_module(script)
+    brain_class = timed_brain_class(find_brain_class(module, args.brain_class))
+    from interpreter_brain import prepare_datasets, setup_experiment
+
+    argv = [
+        hparams_file,
+        "--data_folder", args.data_folder,
+        "--output_folder", output_folder,
+        "--device", args.device,
+        "--precision", precision,
+        "--eval_precision", precision,
+        "--noprogressbar",
+    ] + list(overrides)
+    hparams, run_opts = setup_experiment(argv)
+    datasets, _ = prepare_datasets(hparams)
+    brain = brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    if init_state is not None:
+        share_initial_state(hparams, brain, init_state)
+
+    meter = MemoryMeter(brain.device)
+    rss_before = current_rss_mb()
+    setup_peak = process_peak_rss_mb()
+    meter.start()
+    if hasattr(brain, "fit_and_test"):
+        # fit_and_test = fit + evaluate (timed separately by the subclass).
+        fit_memory = {}
+        original_evaluate = brain.evaluate
+
+        def evaluate_with_memory(*a, **kw):
+            fit_memory["peak"] = meter.peak()
+            meter.start()
+            return original_evaluate(*a, **kw)
+
+        brain.evaluate = evaluate_with_memory
+        brain.fit_and_test(datasets)
+        fit_peak = fit_memory["peak"]
+    else:
+        brain.fit(
+            hparams["epoch_counter"], datasets["train"], datasets["valid"],
+            train_loader_kwargs=hparams["train_dataloader_opts"],
+            valid_loader_kwargs=hparams["test_dataloader_opts"],
+        )
+        fit_peak = meter.peak()
+        meter.start()
+        key = getattr(brain, "best_key", None)
+        brain.evaluate(datasets["test"], max_key=key, test_loader_kwargs=hparams["test_dataloader_opts"])
+    test_peak = meter.peak()
+
+    t = brain.timings
+    metrics_path = os.path.join(hparams["output_folder"], "test_metrics.json")
+    test_metrics = None
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            test_metrics = json.load(f)
+    test = t["test"][-1] if t["test"] else {"total": float("nan"), "saving": 0.0}
+    n_test = len(datasets["test"])
+    compute = test["total"] - test["saving"]
+    later = t["train"][1:]
+    return {
+        "script": os.path.relpath(script, RECIPE_ROOT),
+        "brain_class": brain_class.__mro__[1].__name__,
+        "hparams": os.path.relpath(hparams_file, RECIPE_ROOT),
+        "precision": precision,
+        "device": str(brain.device),
+        "torch_threads": torch.get_num_threads(),
+        "n_clips": {split: len(d) for split, d in datasets.items()},
+        "batch_size": hparams.get("batch_size"),
+        "epochs": len(t["train"]),
+        "train_epoch_s": t["train"],
+        "first_epoch_s": t["train"][0] if t["train"] else None,
+        "median_later_epoch_s": statistics.median(later) if later else None,
+        "batch_s": t["batch"],
+        "median_batch_s": statistics.median(t["batch"]) if t["batch"] else None,
+        "valid_s": [v["total"] for v in t["valid"]],
+        "fit_total_s": t.get("fit_total"),
+        "test_stage_s": test["total"],
+        "test_save_interpretations_s": test["saving"],
+        "test_clips_per_s": n_test / compute if compute > 0 else None,
+        "evaluate_total_s": t.get("evaluate_total"),
+        "rss_before_fit_mb": rss_before,
+        "peak_rss_setup_mb": setup_peak if not meter.cuda else None,
+        "peak_fit_mb": fit_peak[0],
+        "peak_test_mb": test_peak[0],
+        "peak_memory_kind": fit_peak[1],
+        "process_peak_rss_mb": process_peak_rss_mb(),
+        "test_metrics": test_metrics,
+        "output_folder": hparams["output_folder"],
+    }
+
+
+# ---- reporting -------------------------------------------------------------------
+def fmt(value, digits=3):
+    """A number for the report (None -> '-'); ``digits`` decimals, or
+    significant digits when ``digits`` is a string such as "4g"."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}}" if isinstance(digits, str) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_report(r):
+    """Human-readable report of one run."""
+    print(f"\n=== {r['script']} / {r['hparams']} ({r['brain_class']}), precision {r['precision']}, device {r['device']}")
+    print(f"clips: {r['n_clips']}, batch_size {r['batch_size']}, torch threads {r['torch_threads']}")
+    print(f"train epochs (s): {', '.join(fmt(x, 1) for x in r['train_epoch_s'])}")
+    print(f"  first epoch (warm-up): {fmt(r['first_epoch_s'], 1)} s")
+    print(f"  median of later epochs: {fmt(r['median_later_epoch_s'], 1)} s")
+    print(f"  training batches (s): {', '.join(fmt(x, 1) for x in r['batch_s'])} (median {fmt(r['median_batch_s'], 1)})")
+    print(f"valid passes (s): {', '.join(fmt(x, 1) for x in r['valid_s'])}")
+    print(
+        f"test: {fmt(r['test_clips_per_s'])} clips/s (stage {fmt(r['test_stage_s'], 1)} s, of which "
+        f"{fmt(r['test_save_interpretations_s'], 1)} s writing interpretations, excluded from clips/s)"
+    )
+    print(f"peak memory ({r['peak_memory_kind']}): fit {fmt(r['peak_fit_mb'], 0)} MiB, test {fmt(r['peak_test_mb'], 0)} MiB")
+    if r["peak_rss_setup_mb"] is not None:
+        print(
+            f"  RSS before fit {fmt(r['rss_before_fit_mb'], 0)} MiB, peak RSS during setup "
+            f"{fmt(r['peak_rss_setup_mb'], 0)} MiB, process peak RSS {fmt(r['process_peak_rss_mb'], 0)} MiB"
+        )
+    print(f"test metrics: {json.dumps(r['test_metrics'])}")
+
+
+def print_comparison(results):
+    """Side-by-side numbers and |difference| of every test metric."""
+    names = [r["precision"] for r in results]
+    rows = [
+        ("first epoch (s)", "first_epoch_s", 1),
+        ("median later epoch (s)", "median_later_epoch_s", 1),
+        ("median train batch (s)", "median_batch_s", 1),
+        ("test clips/s", "test_clips_per_s", 3),
+        ("peak memory fit (MiB)", "peak_fit_mb", 0),
+        ("peak memory test (MiB)", "peak_test_mb", 0),
+    ]
+    print(f"\n=== comparison {' vs '.join(names)} (same seed, initial weights and data)")
+    print(f"{'':26s}" + "".join(f"{n:>12s}" for n in names))
+    for label, key, digits in rows:
+        print(f"{label:26s}" + "".join(f"{fmt(r[key], digits):>12s}" for r in results))
+    ref = results[0]
+    keys = list((ref["test_metrics"] or {}).keys())
+    print(f"\ntest metric{'':15s}" + "".join(f"{n:>12s}" for n in names)
+          + "".join(f"{'|' + n + '-' + names[0] + '|':>16s}" for n in names[1:]))
+    for key in keys:
+        values = [(r["test_metrics"] or {}).get(key) for r in results]
+        line = f"{key:26s}" + "".join(f"{fmt(v, '6g'):>12s}" for v in values)
+        for v in values[1:]:
+            both = isinstance(v, (int, float)) and isinstance(values[0], (int, float))
+            line += f"{fmt(abs(float(v) - float(values[0])) if both else None, '3g'):>16s}"
+        print(line)
+
+
+def machine_line():
+    """CPU model, cores and library versions."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"GPU {cuda}; torch {torch.__version__}, speechbrain {sb.__version__}"
+    )
+
+
+# ---- command line ------------------------------------------------------------------
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,
+        epilog="Any other --key value is passed to the YAML as an override.",
+    )
+    parser.add_argument("--script", default="train_piq.py", help="training script holding the Brain subclass")
+    parser.add_argument("--hparams", default="hparams/piq.yaml")
+    parser.add_argument("--brain_class", default=None, help="Brain class name, if the script defines several")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="--precision and --eval_precision")
+    parser.add_argument("--compare", default=None, help="comma-separated precisions, e.g. fp32,bf16")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--data_folder", default=None, help="ESC-50 layout; generated if not given")
+    parser.add_argument("--output_folder", default=None, help="temporary folder if not given")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary output folder")
+    parser.add_argument("--n_classes", type=int, default=4, help="generated data: classes")
+    parser.add_argument("--clips_per_fold", type=int, default=8, help="generated data: clips per fold")
+    parser.add_argument("--data_seed", type=int, default=0, help="generated data: seed")
+    parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+    parser.add_argument("--init_state", default=None, help=argparse.SUPPRESS)  # set by --compare
+    args, overrides = parser.parse_known_args(argv)
+    for flag in ("--data_folder", "--output_folder", "--device", "--precision", "--eval_precision"):
+        if any(o == flag or o.startswith(flag + "=") for o in overrides):
+            parser.error(f"{flag} is given twice")
+    precisions = args.compare.split(",") if args.compare else [args.precision]
+    for p in precisions:
+        if p not in PRECISIONS:
+            parser.error(f"unknown precision {p}; choose from {PRECISIONS}")
+        if p == "fp16" and not args.device.startswith("cuda"):
+            parser.error("fp16 needs --device cuda (speechbrain refuses fp16 autocast on CPU; use bf16)")
+    return args, overrides, precisions
+
+
+def main(argv):
+    args, overrides, precisions = parse_args(argv)
+    temporary = args.output_folder is None
+    root = os.path.abspath(args.output_folder or tempfile.mkdtemp(prefix="interpreter_benchmark_"))
+    os.makedirs(root, exist_ok=True)
+    try:
+        if args.data_folder is None:
+            import synthetic_esc50
+
+            args.data_folder = os.path.join(root, "data")
+            if not os.path.isfile(os.path.join(args.data_folder, "meta", "esc50.csv")):
+                logger.info(f"Generating data in {args.data_folder}")
+                synthetic_esc50.generate(args.data_folder, args.n_classes, args.clips_per_fold, seed=args.data_seed)
+        args.data_folder = os.path.abspath(args.data_folder)
+        if args.init_state is None:  # not a child of --compare
+            print(machine_line(), flush=True)
+
+        if not args.compare:
+            result = run_one(args, overrides, args.precision, os.path.join(root, args.precision), args.init_state)
+            print_report(result)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(result, f, indent=2)
+            return [result]
+
+        # One process per precision: each has its own peak RSS and a clean
+        # CUDA allocator; all share the data, the seed and the initial weights.
+        init_state = os.path.join(root, "initial_state.pt")
+        if os.path.exists(init_state):
+            os.remove(init_state)
+        results, failed = [], []
+        for precision in precisions:
+            out_json = os.path.join(root, f"result_{precision}.json")
+            command = [
+                sys.executable, os.path.abspath(__file__),
+                "--script", args.script, "--hparams", args.hparams,
+                "--precision", precision, "--device", args.device,
+                "--data_folder", args.data_folder, "--output_folder", root,
+                "--init_state", init_state, "--json", out_json,
+            ] + (["--brain_class", args.brain_class] if args.brain_class else []) + list(overrides)
+            logger.info(f"Running {precision}: {' '.join(command)}")
+            returncode = subprocess.run(command).returncode
+            if returncode != 0:
+                # The child's traceback is on stderr above; go on with the others.
+                failed.append(precision)
+                logger.error(f"The {precision} run failed (exit status {returncode}); see its traceback above.")
+                continue
+            with open(out_json) as f:
+                results.append(json.load(f))
+        if failed:
+            print(f"\nFAILED precisions: {', '.join(failed)} (tracebacks on stderr)")
+        if results:
+            print_comparison(results)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return results
+    finally:
+        if temporary and not args.keep and not args.init_state:
+            shutil.rmtree(root, ignore_errors=True)
+        elif temporary and not args.init_state:
+            print(f"outputs kept in {root}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
