@@ -27,6 +27,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -225,6 +226,16 @@ class InterpreterBrain(sb.Brain):
             world = int(os.environ["WORLD_SIZE"])
             loader_kwargs["sampler"] = list(range(len(dataset)))[self.rank :: world]
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def _wrap_distributed(self):
+        """SpeechBrain converts BatchNorm to SyncBatchNorm before wrapping in
+        DDP, and SyncBatchNorm only runs on GPU. On CPU (gloo) the trainable
+        modules are wrapped as they are: BatchNorm statistics stay per process."""
+        if not (self.distributed_launch and self.device == "cpu"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = DDP(module, find_unused_parameters=self.find_unused_parameters)
 
     def check_test_only(self):
         """Raises a clear error when ``--test_only`` finds no trained model."""

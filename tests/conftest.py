@@ -60,3 +60,10 @@ def classifier_args(folder):
         "--embedding_model_path", os.path.join(folder, "embedding_model.ckpt"),
         "--classifier_model_path", os.path.join(folder, "classifier.ckpt"),
     ]
+
+
+def replace_arg(args, key, value):
+    """``args`` with the value of ``--key`` replaced (no duplicate keys)."""
+    args = list(args)
+    args[args.index(f"--{key}") + 1] = str(value)
+    return args

@@ -1,0 +1,191 @@
+"""End-to-end runs of the recipe scripts on generated ESC-50-layout data.
+
+Every interpreter goes through one contract (``METHODS``): train with
+interpretations saved, evaluate with ``--test_only``, check every output file
+and metric. Adding a method means adding a row to ``METHODS``.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT, TINY, TINY_PIQ, classifier_args, replace_arg, run_script
+
+# (script, hparams file, tiny overrides)
+METHODS = [
+    ("train_piq.py", "hparams/piq.yaml", TINY_PIQ),
+]
+METRIC_RANGES = {
+    "accuracy": (0, 1), "fidelity_in": (0, 1), "faithfulness": (-1, 1), "AI": (0, 100),
+    "AD": (0, 100), "AG": (0, 100), "SPS": (0, 1), "COMP": (0, math.log(431 * 513)),
+}
+RUN_FILES = ("train_log.txt", "log.txt", "env.log", "hyperparams.yaml", "save/label_encoder.txt")
+N_TEST_CLIPS = 4  # fold 5 of the generated data
+
+
+def check_test_metrics(folder, n_clips=N_TEST_CLIPS):
+    """test_metrics.json has every key, finite values in range, every clip counted once."""
+    with open(os.path.join(folder, "test_metrics.json")) as f:
+        results = json.load(f)
+    assert results["n_clips"] == n_clips
+    for name, (low, high) in METRIC_RANGES.items():
+        assert results[name] is not None and math.isfinite(results[name]), name
+        assert low - 1e-6 <= results[name] <= high + 1e-6, (name, results[name])
+    return results
+
+
+def check_interpretations(folder, n_clips=N_TEST_CLIPS):
+    """Every test clip has its four files; masks are float32 [431, 513] in [0, 1]."""
+    clips = sorted(os.listdir(os.path.join(folder, "interpretations")))
+    assert len(clips) == n_clips
+    for clip in clips:
+        clip_folder = os.path.join(folder, "interpretations", clip)
+        assert sorted(os.listdir(clip_folder)) == ["interpretation.wav", "mask.npy", "original.wav", "spectra.png"]
+        mask = np.load(os.path.join(clip_folder, "mask.npy"))
+        assert mask.dtype == np.float32 and mask.shape == (431, 513)
+        assert mask.min() >= 0 and mask.max() <= 1
+        for name in ("original.wav", "interpretation.wav"):
+            audio, sr = sf.read(os.path.join(clip_folder, name))
+            assert sr == 16000 and audio.shape == (80000,) and np.isfinite(audio).all()
+
+
+@pytest.mark.parametrize("script,hparams_file,tiny", METHODS, ids=[m[1] for m in METHODS])
+def test_method_contract(script, hparams_file, tiny, synthetic_data, trained_classifier, tmp_path):
+    """Train (2 epochs) then --test_only: all outputs, metrics and interpretations."""
+    out = tmp_path / "run"
+    common = ["--data_folder", synthetic_data, "--output_folder", out, *classifier_args(trained_classifier), *tiny]
+    run_script(script, hparams_file, *common, "--number_of_epochs", 2, "--save_interpretations", False)
+    for name in RUN_FILES + (script,):
+        assert (out / name).is_file(), name
+    assert not (out / "interpretations").exists()
+    train_log = (out / "train_log.txt").read_text()
+    assert "epoch: 2" in train_log and "valid fidelity_in" in train_log
+    trained = check_test_metrics(out)
+
+    proc = run_script(script, hparams_file, *common, "--number_of_epochs", 2, "--test_only")
+    assert "Going into epoch" not in proc.stdout + proc.stderr + proc.stdout
+    check_interpretations(out)
+    # --test_only loads the same best checkpoint: same numbers
+    retested = check_test_metrics(out)
+    for name in METRIC_RANGES:
+        assert retested[name] == pytest.approx(trained[name], abs=1e-5), name
+    # the classifier's own mapping is used and saved
+    assert (out / "save" / "label_encoder.txt").read_text() == (trained_classifier / "label_encoder.txt").read_text()
+
+
+def test_classifier_export(trained_classifier):
+    """train_classifier.py leaves the files the interpreter configs load."""
+    for name in ("embedding_model.ckpt", "classifier.ckpt", "label_encoder.txt", "train_log.txt"):
+        assert (trained_classifier / name).is_file(), name
+    assert "test error_rate" in (trained_classifier / "train_log.txt").read_text()
+
+
+def test_test_only_without_checkpoint_fails_clearly(synthetic_data, trained_classifier, tmp_path):
+    proc = run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path / "empty",
+        *classifier_args(trained_classifier), *TINY_PIQ, "--test_only", expect_ok=False,
+    )
+    assert "--test_only: no checkpoint" in proc.stdout + proc.stderr
+    assert not (tmp_path / "empty" / "test_metrics.json").exists()
+
+
+def test_resume_after_interrupted_training(synthetic_data, trained_classifier, tmp_path):
+    """A run stopped after epoch 1 resumes at epoch 2 instead of starting over."""
+    common = ["--data_folder", synthetic_data, "--output_folder", tmp_path, *classifier_args(trained_classifier),
+              *TINY_PIQ, "--save_interpretations", False]
+    run_script("train_piq.py", "hparams/piq.yaml", *common, "--number_of_epochs", 1)
+    proc = run_script("train_piq.py", "hparams/piq.yaml", *common, "--number_of_epochs", 2)
+    log = proc.stdout + proc.stderr
+    assert "Loading a checkpoint" in log and "Going into epoch 2" in log and "Going into epoch 1" not in log
+    train_log = (tmp_path / "train_log.txt").read_text()
+    assert train_log.count("epoch: 1,") == 1 and train_log.count("epoch: 2,") == 1
+
+
+def test_bf16_and_channels_last_off(synthetic_data, trained_classifier, tmp_path):
+    """SpeechBrain's bf16 autocast goes through the whole step, metrics included."""
+    run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
+        *classifier_args(trained_classifier), *TINY_PIQ, "--number_of_epochs", 1,
+        "--precision", "bf16", "--eval_precision", "bf16", "--channels_last", False,
+    )
+    check_test_metrics(tmp_path)
+    check_interpretations(tmp_path)
+
+
+def test_wrong_checkpoint_fails_loudly(synthetic_data, trained_classifier, tmp_path):
+    """A checkpoint that does not fit the architecture is an error, not random weights."""
+    proc = run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
+        *classifier_args(trained_classifier), *replace_arg(TINY_PIQ, "emb_dim", 24), expect_ok=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert "does not match" in log and "embedding_model.ckpt" in log
+
+
+def test_bad_folds_fail_before_training(synthetic_data, tmp_path):
+    proc = run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
+        "--use_pretrained", False, *TINY_PIQ, "--valid_fold_nums", "[3]", expect_ok=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert "ValueError" in log and "valid_fold_nums=[3]" in log and "share folds [3]" in log
+
+
+def test_hub_code_path_from_local_cache(synthetic_data, trained_classifier, tmp_path):
+    """piq.yaml's default hub id, resolved by huggingface_hub from a cache laid
+    out as huggingface_hub writes it, offline."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--speechbrain--PIQ-ESC50"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copy(trained_classifier / "embedding_model.ckpt", snapshot / "embedding_modelft.ckpt")
+    shutil.copy(trained_classifier / "classifier.ckpt", snapshot / "classifier.ckpt")
+    out = tmp_path / "run"
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    proc = run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", out,
+        *TINY_PIQ, "--number_of_epochs", 1, "--save_interpretations", False, env=env,
+    )
+    collected = out / "save" / "pretrained" / "embedding_model.ckpt"
+    assert os.path.realpath(collected).startswith(str(snapshot))
+    assert "label mapping from" in proc.stdout + proc.stderr  # public checkpoints: training-manifest order
+    assert "train.json" in (proc.stdout + proc.stderr).split("label mapping from")[1].split("\n")[0]
+    check_test_metrics(out)
+
+
+def test_ddp_two_cpu_processes(synthetic_data, trained_classifier, tmp_path):
+    """torchrun with 2 gloo processes: each test clip evaluated once, files written once."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
+        *classifier_args(trained_classifier), *TINY_PIQ, "--number_of_epochs", 1,
+        "--distributed_backend", "gloo", launcher=launcher, env={"OMP_NUM_THREADS": "1"},
+    )
+    check_test_metrics(tmp_path)
+    check_interpretations(tmp_path)
+    assert (tmp_path / "train_log.txt").read_text().count("epoch: 1,") == 1
+
+
+def test_real_sample_clips_debug(tmp_path):
+    """The real ESC-50 sample clips (44.1 kHz, real layout) with --debug."""
+    samples = os.path.join(ROOT, "..", "shared", "esc50_samples")
+    assert os.path.isdir(samples), f"the real sample clips are expected in {samples}"
+    data = tmp_path / "ESC50"
+    shutil.copytree(samples, data)
+    out = tmp_path / "run"
+    run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", data, "--output_folder", out, "--debug",
+        "--use_pretrained", False, "--out_n_neurons", 3, "--number_of_epochs", 1, *TINY, "--K", 48,
+    )
+    for name in RUN_FILES + ("train_piq.py",):
+        assert (out / name).is_file(), name
+    check_test_metrics(out, n_clips=1)
+    check_interpretations(out, n_clips=1)
