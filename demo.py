@@ -19,6 +19,7 @@ every script is run exactly as a user would run it.
 import argparse
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -88,4 +89,5 @@ def main():
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

@@ -228,9 +228,13 @@ def prepare_esc50(
     signal_length_s=5.0,
     url=ESC50_URL,
     sha256=None,
+    save_json_train=None,
+    save_json_valid=None,
+    save_json_test=None,
 ):
-    """Ensures ESC-50 is present, writes ``<save_folder>/{train,valid,test}.json``
-    and the audio cache. Run it on the main process only.
+    """Ensures ESC-50 is present, writes the manifests (``save_json_*``, by
+    default ``<save_folder>/{train,valid,test}.json``) and the audio cache.
+    Run it on the main process only.
 
     Manifests map clip id -> {"wav": cached 16 kHz clip, "source": original
     file, "fold", "category", "target"}; entries follow the rows of
@@ -249,12 +253,14 @@ def prepare_esc50(
         download_and_extract(url, data_folder, "meta/esc50.csv", sha256)
 
     os.makedirs(save_folder, exist_ok=True)
-    manifests = {split: os.path.join(save_folder, f"{split}.json") for split in SPLITS}
+    given = {"train": save_json_train, "valid": save_json_valid, "test": save_json_test}
+    manifests = {split: given[split] or os.path.join(save_folder, f"{split}.json") for split in SPLITS}
     options = {
         "data_folder": os.path.abspath(data_folder),
         "folds": {"train": train_fold_nums, "valid": valid_fold_nums, "test": test_fold_nums},
         "sample_rate": sample_rate,
         "signal_length_s": signal_length_s,
+        "manifests": manifests,
     }
     options_path = os.path.join(save_folder, "esc50_prepare.json")
     if all(map(os.path.isfile, manifests.values())) and os.path.isfile(options_path):

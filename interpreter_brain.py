@@ -405,6 +405,9 @@ def prepare_datasets(hparams, frozen_classifier=True):
             "signal_length_s": hparams["signal_length_s"],
             "url": hparams["esc50_url"],
             "sha256": hparams["esc50_sha256"],
+            "save_json_train": hparams["train_annotation"],
+            "save_json_valid": hparams["valid_annotation"],
+            "save_json_test": hparams["test_annotation"],
         },
     )
     if frozen_classifier:
@@ -423,9 +426,10 @@ def prepare_datasets(hparams, frozen_classifier=True):
             )
         yield torch.LongTensor([label_encoder.encode_label(category)])
 
-    datasets = {}
-    for split in ("train", "valid", "test"):
-        datasets[split] = DynamicItemDataset.from_json(
-            hparams[f"{split}_annotation"], dynamic_items=[pipeline], output_keys=["id", "sig", "label_encoded"]
-        )
+    manifests = {"train": hparams["train_annotation"], "valid": hparams["valid_annotation"],
+                 "test": hparams["test_annotation"]}
+    datasets = {
+        split: DynamicItemDataset.from_json(path, dynamic_items=[pipeline], output_keys=["id", "sig", "label_encoded"])
+        for split, path in manifests.items()
+    }
     return datasets, label_encoder
