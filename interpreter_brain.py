@@ -8,36 +8,33 @@
   checkpoint selection on ONE stored key, ``test_metrics.json`` and the saved
   interpretations. A method subclasses it and writes ``interpret`` and
   ``interpreter_loss``.
-* Experiment plumbing shared by the scripts: ``setup_experiment`` (command
-  line, YAML, output folder), ``load_classifier`` (Pretrainer from a hub id or
-  local path, strict), ``prepare_datasets`` (ESC-50 manifests -> datasets).
+* ``load_classifier``: the frozen classifier through speechbrain's Pretrainer
+  (hub id or local path), loaded strictly, with its own label mapping.
+
+Command line, YAML and datasets are in ``experiment.py``.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
 
 import json
 import os
-import shutil
-import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from hyperpyyaml import load_hyperpyyaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import speechbrain as sb
-from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.processing.features import spectral_magnitude
 from speechbrain.utils.distributed import ddp_all_reduce, if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
 import metrics
-from esc50_prepare import prepare_esc50, write_atomically
+from esc50_prepare import write_atomically
+from experiment import label_encoder_from_manifest
 
 logger = get_logger(__name__)
 
@@ -296,26 +293,6 @@ class InterpreterBrain(sb.Brain):
             )
 
 
-# ---- experiment plumbing shared by the scripts -----------------------------
-def setup_experiment(argv):
-    """Parses the command line, loads the YAML with its overrides, starts DDP
-    if launched by torchrun and creates the output folder (with
-    hyperparams.yaml, env.log, log.txt and a copy of the calling script).
-
-    Returns
-    -------
-    (hparams dict, run_opts dict)
-    """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
-    if if_main_process() and getattr(sys.modules["__main__"], "__file__", None):
-        shutil.copy(os.path.realpath(sys.modules["__main__"].__file__), hparams["output_folder"])
-    return hparams, run_opts
-
-
 def strict_load(module, path):
     """Loads a state dict into ``module`` and fails unless every parameter and
     buffer of the module is covered and every stored tensor is used (unlike
@@ -329,16 +306,6 @@ def strict_load(module, path):
             "Check the *_model_path keys and the architecture keys (e.g. emb_dim, out_n_neurons) "
             "of the YAML: they must describe the model that wrote this file."
         ) from None
-
-
-def label_encoder_from_manifest(manifest):
-    """The public recipe's label mapping: class k is the k-th category met
-    while reading the training manifest (rows of meta/esc50.csv in order)."""
-    encoder = CategoricalEncoder()
-    with open(manifest) as f:
-        entries = json.load(f)
-    encoder.update_from_iterable(entry["category"] for entry in entries.values())
-    return encoder
 
 
 def load_classifier(hparams):
@@ -378,58 +345,3 @@ def load_classifier(hparams):
         encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
     hparams["label_encoder"] = encoder
     return encoder
-
-
-def prepare_datasets(hparams, frozen_classifier=True):
-    """Runs ESC-50 preparation on the main process, then builds the train,
-    valid and test datasets with outputs ``id``, ``sig`` (float32 clip at the
-    recipe's sample rate) and ``label_encoded``.
-
-    With ``frozen_classifier``, the classifier is loaded (``load_classifier``)
-    and labels follow its mapping; otherwise (training a classifier) the
-    mapping is the order of the training manifest.
-
-    Returns
-    -------
-    (dict split -> DynamicItemDataset, CategoricalEncoder)
-    """
-    run_on_main(
-        prepare_esc50,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "train_fold_nums": hparams["train_fold_nums"],
-            "valid_fold_nums": hparams["valid_fold_nums"],
-            "test_fold_nums": hparams["test_fold_nums"],
-            "sample_rate": hparams["sample_rate"],
-            "signal_length_s": hparams["signal_length_s"],
-            "url": hparams["esc50_url"],
-            "sha256": hparams["esc50_sha256"],
-            "save_json_train": hparams["train_annotation"],
-            "save_json_valid": hparams["valid_annotation"],
-            "save_json_test": hparams["test_annotation"],
-        },
-    )
-    if frozen_classifier:
-        label_encoder = load_classifier(hparams)
-    else:
-        label_encoder = label_encoder_from_manifest(hparams["train_annotation"])
-
-    @sb.utils.data_pipeline.takes("wav", "category")
-    @sb.utils.data_pipeline.provides("sig", "label_encoded")
-    def pipeline(wav, category):
-        yield torch.from_numpy(np.load(wav))
-        if category not in label_encoder.lab2ind:
-            raise KeyError(
-                f"Class '{category}' of the data is not one of the classifier's classes "
-                f"{list(label_encoder.lab2ind)}; check the folds and the classifier."
-            )
-        yield torch.LongTensor([label_encoder.encode_label(category)])
-
-    manifests = {"train": hparams["train_annotation"], "valid": hparams["valid_annotation"],
-                 "test": hparams["test_annotation"]}
-    datasets = {
-        split: DynamicItemDataset.from_json(path, dynamic_items=[pipeline], output_keys=["id", "sig", "label_encoded"])
-        for split, path in manifests.items()
-    }
-    return datasets, label_encoder

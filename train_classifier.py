@@ -26,7 +26,8 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 from esc50_prepare import write_atomically
-from interpreter_brain import classifier_forward, log_spectrogram, prepare_datasets, setup_experiment
+from experiment import label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
+from interpreter_brain import classifier_forward, log_spectrogram
 
 logger = get_logger(__name__)
 
@@ -80,7 +81,8 @@ class ClassifierBrain(sb.Brain):
 def main(argv):
     """Parse, prepare data, train, test the best checkpoint, export it."""
     hparams, run_opts = setup_experiment(argv)
-    datasets, label_encoder = prepare_datasets(hparams, frozen_classifier=False)
+    prepare_manifests(hparams)
+    label_encoder = label_encoder_from_manifest(hparams["train_annotation"])
     if len(label_encoder) != hparams["out_n_neurons"]:
         raise ValueError(
             f"The training folds hold {len(label_encoder)} classes but out_n_neurons="
@@ -88,6 +90,7 @@ def main(argv):
         )
     label_encoder.expect_len(len(label_encoder))
     hparams["label_encoder"] = label_encoder
+    datasets = make_datasets(hparams, label_encoder)
     brain = ClassifierBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

@@ -17,7 +17,8 @@ import sys
 
 import torch.nn.functional as F
 
-from interpreter_brain import Interpretation, InterpreterBrain, prepare_datasets, setup_experiment
+from experiment import make_datasets, prepare_manifests, setup_experiment
+from interpreter_brain import Interpretation, InterpreterBrain, load_classifier
 
 
 class PIQBrain(InterpreterBrain):
@@ -68,7 +69,8 @@ class PIQBrain(InterpreterBrain):
 def main(argv):
     """Parse, prepare data, load the frozen classifier, train PIQ, test."""
     hparams, run_opts = setup_experiment(argv)
-    datasets, _ = prepare_datasets(hparams)
+    prepare_manifests(hparams)
+    datasets = make_datasets(hparams, load_classifier(hparams))
     brain = PIQBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

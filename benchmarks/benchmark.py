@@ -6,8 +6,11 @@ Measures, for one interpreter config (a training script holding a
 
 * seconds per training epoch: the first epoch (warm-up: allocator, oneDNN or
   cuDNN kernel selection) on its own, then the median over the later epochs;
-  also seconds per training batch (forward + backward + step) and per
-  validation pass;
+  also seconds per training batch (forward + backward + step; median and
+  minimum), per validation pass, the process CPU time per batch and the CPU
+  utilisation while training (CPU time / wall time / torch threads: well
+  below 1 when other processes compete for the cores, which makes the
+  wall-clock numbers pessimistic);
 * test clips per second (the TEST stage of ``brain.evaluate``, without the
   time spent writing interpretations to disk, which is reported separately);
 * peak memory: on CPU the peak resident set size (VmHWM of /proc/self/status,
@@ -16,10 +19,13 @@ Measures, for one interpreter config (a training script holding a
 * the test metrics (the brain's ``test_metrics.json``).
 
 It only measures and prints; it asserts nothing. The Brain is built in
-process exactly as the scripts' ``main`` does (``setup_experiment``,
-``prepare_datasets``, then ``fit_and_test``). The Brain class is found in the
-module given by ``--script`` (the one ``speechbrain.Brain`` subclass defined
-there, or ``--brain_class``), so every method of the recipe can reuse this file.
+process by the script's own ``main(argv)`` (command line, YAML and overrides,
+output folder, manifests, classifier loading, datasets, Brain, then fit and
+test, exactly as a user's run): the Brain class is found in the module given
+by ``--script`` (the one ``speechbrain.Brain`` subclass defined there, or
+``--brain_class``) and replaced, in that module, by a subclass that only adds
+timers, memory probes and the shared initial weights. So every method of the
+recipe can reuse this file, whatever its plumbing.
 
 Run (from the recipe folder; the numbers of the full-size PIQ on generated
 data, fp32 against bf16 on the same initial weights and data):
@@ -42,6 +48,7 @@ Authors: the ESC-50 interpretability recipe developers.
 """
 
 import argparse
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -181,12 +188,30 @@ def find_brain_class(module, name=None):
     return leaves[0]
 
 
-def timed_brain_class(base):
+def timed_brain_class(base, init_state=None):
     """A subclass of ``base`` that records wall-clock times of every stage,
     training batch, ``fit``, ``evaluate`` and ``save_interpretations``
-    (time.perf_counter, after a CUDA synchronisation on a GPU)."""
+    (time.perf_counter, after a CUDA synchronisation on a GPU), the peak
+    memory of ``fit`` and of ``evaluate``, and the clips seen per stage.
+    With ``init_state``, the initial weights are saved there or loaded from
+    there (``share_initial_state``). Every instance is appended to
+    ``TimedBrain.instances``."""
 
     class TimedBrain(base):
+        instances = []
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            TimedBrain.instances.append(self)
+            self._timings()
+            self.meter = MemoryMeter(self.device)
+            self.memory = {}
+            self.clips = {}
+            if init_state is not None:
+                share_initial_state(self, init_state)
+            self.rss_before_fit = current_rss_mb()
+            self.peak_rss_setup = process_peak_rss_mb()
+
         def _now(self):
             if str(self.device).startswith("cuda"):
                 torch.cuda.synchronize()
@@ -194,12 +219,14 @@ def timed_brain_class(base):
 
         def _timings(self):
             if not hasattr(self, "timings"):
-                self.timings = {"train": [], "valid": [], "test": [], "batch": [], "save": 0.0}
+                self.timings = {"train": [], "train_cpu": [], "valid": [], "test": [], "batch": [], "batch_cpu": [],
+                                "save": 0.0}
             return self.timings
 
         def on_stage_start(self, stage, epoch=None):
             self._timings()
             self._stage_start = self._now()
+            self._stage_cpu_start = time.process_time()
             self._save_at_start = self.timings["save"]
             return super().on_stage_start(stage, epoch)
 
@@ -208,6 +235,7 @@ def timed_brain_class(base):
             # after it (checkpointing and test_metrics.json are part of the cost).
             if stage == sb.Stage.TRAIN:
                 self.timings["train"].append(self._now() - self._stage_start)
+                self.timings["train_cpu"].append(time.process_time() - self._stage_cpu_start)
                 return super().on_stage_end(stage, stage_loss, epoch)
             out = super().on_stage_end(stage, stage_loss, epoch)
             elapsed = self._now() - self._stage_start
@@ -216,22 +244,40 @@ def timed_brain_class(base):
             self.timings[key].append({"total": elapsed, "saving": saving})
             return out
 
+        def _count(self, stage, batch):
+            n = len(batch.id) if hasattr(batch, "id") else 1
+            self.clips[stage.name.lower()] = self.clips.get(stage.name.lower(), 0) + n
+
         def fit_batch(self, batch):
-            start = self._now()
+            start, cpu_start = self._now(), time.process_time()
             loss = super().fit_batch(batch)
             self._timings()["batch"].append(self._now() - start)
+            self.timings["batch_cpu"].append(time.process_time() - cpu_start)
+            if self.timings["train"] == []:  # count one epoch only
+                self._count(sb.Stage.TRAIN, batch)
             return loss
 
+        def evaluate_batch(self, batch, stage):
+            if stage == sb.Stage.TEST or not self.timings["valid"]:  # one valid pass only
+                self._count(stage, batch)
+            return super().evaluate_batch(batch, stage)
+
         def fit(self, *args, **kwargs):
+            if not self.test_only:
+                check_fresh(self)
+            self.meter.start()
             start = self._now()
             out = super().fit(*args, **kwargs)
             self._timings()["fit_total"] = self._now() - start
+            self.memory["fit"] = self.meter.peak()
             return out
 
         def evaluate(self, *args, **kwargs):
+            self.meter.start()
             start = self._now()
             out = super().evaluate(*args, **kwargs)
             self._timings()["evaluate_total"] = self._now() - start
+            self.memory["test"] = self.meter.peak()
             return out
 
         if hasattr(base, "save_interpretations"):
@@ -246,21 +292,74 @@ def timed_brain_class(base):
     return TimedBrain
 
 
+def check_fresh(brain):
+    """Refuses to 'benchmark' a run that would resume from the checkpoints of
+    an earlier one (nothing would be trained); removes a stale test_metrics.json."""
+    folder = getattr(brain.checkpointer, "checkpoints_dir", None)
+    if folder is not None and os.path.isdir(folder) and any(n.startswith("CKPT") for n in os.listdir(folder)):
+        raise RuntimeError(
+            f"{folder} holds checkpoints of an earlier run: training would resume from them and nothing "
+            "would be measured. Give a fresh --output_folder (or add --test_only)."
+        )
+    stale = os.path.join(brain.hparams.output_folder, "test_metrics.json")
+    if os.path.isfile(stale):
+        os.remove(stale)
+
+
+def recipe_fingerprint(code_root, *extra_files):
+    """sha256 (12 hex digits) of every module under ``code_root`` this
+    process imported and of ``extra_files``: runs to be compared must have
+    used the same code (the recipe may be edited while a long benchmark runs)."""
+    code_root = os.path.abspath(code_root)
+    files = {os.path.abspath(f) for f in extra_files}
+    for module in list(sys.modules.values()):
+        # vars(), not getattr: speechbrain's lazy modules would import on attribute access
+        path = vars(module).get("__file__") if hasattr(type(module), "__dict__") else None
+        if path and os.path.abspath(path).startswith(code_root + os.sep) and ".venv" not in path:
+            files.add(os.path.abspath(path))
+    fingerprint = {}
+    for path in sorted(files):
+        with open(path, "rb") as f:
+            fingerprint[os.path.relpath(path, code_root)] = hashlib.sha256(f.read()).hexdigest()[:12]
+    return fingerprint
+
+
+def snapshot_recipe(script, hparams_file, folder):
+    """Copies the recipe's code (the ``*.py`` beside the script, and the
+    folder of the YAML) into ``folder``, so that every precision of
+    ``--compare`` runs the same code even if the recipe is edited meanwhile.
+    Returns the script and YAML paths inside the snapshot."""
+    code_root = os.path.dirname(script)
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(code_root):
+        if name.endswith(".py") and os.path.isfile(os.path.join(code_root, name)):
+            shutil.copy2(os.path.join(code_root, name), folder)
+    yaml_dir = os.path.dirname(hparams_file)
+    rel_yaml_dir = os.path.relpath(yaml_dir, code_root)
+    if rel_yaml_dir.startswith(".."):  # YAML outside the recipe: copy the file alone
+        shutil.copy2(hparams_file, folder)
+        new_yaml = os.path.join(folder, os.path.basename(hparams_file))
+    else:
+        shutil.copytree(yaml_dir, os.path.join(folder, rel_yaml_dir), dirs_exist_ok=True)
+        new_yaml = os.path.join(folder, os.path.relpath(hparams_file, code_root))
+    return os.path.join(folder, os.path.basename(script)), new_yaml
+
+
 # ---- initial weights shared between precisions ------------------------------
-def yaml_modules(hparams, brain):
-    """name -> nn.Module for every module of the YAML's top level and of the
-    Brain's ``modules`` (frozen classifier included)."""
+def yaml_modules(brain):
+    """name -> nn.Module for every module of the Brain's ``modules`` and of
+    the YAML's top level (frozen classifier included)."""
     found = {f"modules.{k}": m for k, m in brain.modules.items()}
-    for key, value in hparams.items():
+    for key, value in vars(brain.hparams).items():
         if isinstance(value, torch.nn.Module):
             found.setdefault(key, value)
     return found
 
 
-def share_initial_state(hparams, brain, path):
+def share_initial_state(brain, path):
     """Saves the initial state of every module to ``path``, or loads it from
     there when it exists (so that all precisions start from the same weights)."""
-    modules = yaml_modules(hparams, brain)
+    modules = yaml_modules(brain)
     if os.path.isfile(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing = sorted(set(modules) ^ set(state))
@@ -277,13 +376,15 @@ def share_initial_state(hparams, brain, path):
 
 # ---- one run -------------------------------------------------------------------
 def run_one(args, overrides, precision, output_folder, init_state=None):
-    """Builds the Brain as the script's ``main`` does, trains and tests it at
+    """Runs the script's ``main`` with its Brain class instrumented, at
     ``precision``; returns a dict of measurements."""
     script, hparams_file = resolve(args.script), resolve(args.hparams)
     module = load_script_module(script)
-    brain_class = timed_brain_class(find_brain_class(module, args.brain_class))
-    from interpreter_brain import prepare_datasets, setup_experiment
-
+    base = find_brain_class(module, args.brain_class)
+    timed = timed_brain_class(base, init_state)
+    setattr(module, base.__name__, timed)  # main() builds the Brain through this module-level name
+    if not callable(getattr(module, "main", None)):
+        raise RuntimeError(f"{script} has no main(argv) to run")
     argv = [
         hparams_file,
         "--data_folder", args.data_folder,
@@ -293,86 +394,69 @@ def run_one(args, overrides, precision, output_folder, init_state=None):
         "--eval_precision", precision,
         "--noprogressbar",
     ] + list(overrides)
-    hparams, run_opts = setup_experiment(argv)
-    datasets, _ = prepare_datasets(hparams)
-    brain = brain_class(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    if init_state is not None:
-        share_initial_state(hparams, brain, init_state)
-
-    meter = MemoryMeter(brain.device)
-    rss_before = current_rss_mb()
-    setup_peak = process_peak_rss_mb()
-    meter.start()
-    if hasattr(brain, "fit_and_test"):
-        # fit_and_test = fit + evaluate (timed separately by the subclass).
-        fit_memory = {}
-        original_evaluate = brain.evaluate
-
-        def evaluate_with_memory(*a, **kw):
-            fit_memory["peak"] = meter.peak()
-            meter.start()
-            return original_evaluate(*a, **kw)
-
-        brain.evaluate = evaluate_with_memory
-        brain.fit_and_test(datasets)
-        fit_peak = fit_memory["peak"]
-    else:
-        brain.fit(
-            hparams["epoch_counter"], datasets["train"], datasets["valid"],
-            train_loader_kwargs=hparams["train_dataloader_opts"],
-            valid_loader_kwargs=hparams["test_dataloader_opts"],
+    module.main(argv)
+    if not timed.instances:
+        raise RuntimeError(
+            f"{script}'s main() did not build a {base.__name__} through its module-level name; "
+            "the benchmark cannot instrument it."
         )
-        fit_peak = meter.peak()
-        meter.start()
-        key = getattr(brain, "best_key", None)
-        brain.evaluate(datasets["test"], max_key=key, test_loader_kwargs=hparams["test_dataloader_opts"])
-    test_peak = meter.peak()
+    brain = timed.instances[-1]
+    hparams = brain.hparams
+    fingerprint = recipe_fingerprint(os.path.dirname(script), hparams_file)
 
     t = brain.timings
-    metrics_path = os.path.join(hparams["output_folder"], "test_metrics.json")
+    metrics_path = os.path.join(hparams.output_folder, "test_metrics.json")
     test_metrics = None
     if os.path.isfile(metrics_path):
         with open(metrics_path) as f:
             test_metrics = json.load(f)
     test = t["test"][-1] if t["test"] else {"total": float("nan"), "saving": 0.0}
-    n_test = len(datasets["test"])
+    n_test = brain.clips.get("test", 0)
     compute = test["total"] - test["saving"]
     later = t["train"][1:]
+    fit_peak = brain.memory.get("fit", (None, None))
+    test_peak = brain.memory.get("test", (None, None))
     return {
-        "script": os.path.relpath(script, RECIPE_ROOT),
-        "brain_class": brain_class.__mro__[1].__name__,
-        "hparams": os.path.relpath(hparams_file, RECIPE_ROOT),
+        "script": script,
+        "brain_class": base.__name__,
+        "hparams": hparams_file,
         "precision": precision,
         "device": str(brain.device),
         "torch_threads": torch.get_num_threads(),
-        "n_clips": {split: len(d) for split, d in datasets.items()},
-        "batch_size": hparams.get("batch_size"),
+        "n_clips": dict(brain.clips),
+        "batch_size": getattr(hparams, "batch_size", None),
         "epochs": len(t["train"]),
         "train_epoch_s": t["train"],
         "first_epoch_s": t["train"][0] if t["train"] else None,
         "median_later_epoch_s": statistics.median(later) if later else None,
         "batch_s": t["batch"],
         "median_batch_s": statistics.median(t["batch"]) if t["batch"] else None,
+        "min_batch_s": min(t["batch"]) if t["batch"] else None,
+        "batch_cpu_s": t["batch_cpu"],
+        "median_batch_cpu_s": statistics.median(t["batch_cpu"]) if t["batch_cpu"] else None,
+        "train_epoch_cpu_s": t["train_cpu"],
+        # share of the torch threads' capacity this process got while training:
+        # well below 1 means other processes competed for the cores
+        "train_cpu_utilisation": (
+            sum(t["train_cpu"]) / sum(t["train"]) / torch.get_num_threads() if t["train"] and sum(t["train"]) else None
+        ),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "valid_s": [v["total"] for v in t["valid"]],
         "fit_total_s": t.get("fit_total"),
         "test_stage_s": test["total"],
         "test_save_interpretations_s": test["saving"],
-        "test_clips_per_s": n_test / compute if compute > 0 else None,
+        "test_clips_per_s": n_test / compute if n_test and compute > 0 else None,
         "evaluate_total_s": t.get("evaluate_total"),
-        "rss_before_fit_mb": rss_before,
-        "peak_rss_setup_mb": setup_peak if not meter.cuda else None,
+        "rss_before_fit_mb": brain.rss_before_fit,
+        "peak_rss_setup_mb": brain.peak_rss_setup if not brain.meter.cuda else None,
         "peak_fit_mb": fit_peak[0],
         "peak_test_mb": test_peak[0],
-        "peak_memory_kind": fit_peak[1],
+        "peak_memory_kind": fit_peak[1] or test_peak[1],
         "process_peak_rss_mb": process_peak_rss_mb(),
+        "epoch_loaded": getattr(getattr(hparams, "epoch_counter", None), "current", None),
         "test_metrics": test_metrics,
-        "output_folder": hparams["output_folder"],
+        "recipe_files": fingerprint,
+        "output_folder": hparams.output_folder,
     }
 
 
@@ -389,12 +473,27 @@ def fmt(value, digits=3):
 
 def print_report(r):
     """Human-readable report of one run."""
-    print(f"\n=== {r['script']} / {r['hparams']} ({r['brain_class']}), precision {r['precision']}, device {r['device']}")
+    code = os.path.dirname(r["script"])
+    print(
+        f"\n=== {os.path.basename(r['script'])} / {os.path.relpath(r['hparams'], code)} ({r['brain_class']}), "
+        f"precision {r['precision']}, device {r['device']}; code in {code}"
+    )
     print(f"clips: {r['n_clips']}, batch_size {r['batch_size']}, torch threads {r['torch_threads']}")
     print(f"train epochs (s): {', '.join(fmt(x, 1) for x in r['train_epoch_s'])}")
     print(f"  first epoch (warm-up): {fmt(r['first_epoch_s'], 1)} s")
     print(f"  median of later epochs: {fmt(r['median_later_epoch_s'], 1)} s")
-    print(f"  training batches (s): {', '.join(fmt(x, 1) for x in r['batch_s'])} (median {fmt(r['median_batch_s'], 1)})")
+    print(
+        f"  training batches (s): {', '.join(fmt(x, 1) for x in r['batch_s'])} "
+        f"(median {fmt(r['median_batch_s'], 1)}, min {fmt(r['min_batch_s'], 1)})"
+    )
+    print(
+        f"  process CPU time per batch (s): {', '.join(fmt(x, 1) for x in r['batch_cpu_s'])} "
+        f"(median {fmt(r['median_batch_cpu_s'], 1)})"
+    )
+    print(
+        f"  CPU utilisation while training: {fmt(r['train_cpu_utilisation'], 2)} of {r['torch_threads']} threads "
+        f"(load average at the end: {', '.join(fmt(x, 2) for x in r['load_average'] or [])})"
+    )
     print(f"valid passes (s): {', '.join(fmt(x, 1) for x in r['valid_s'])}")
     print(
         f"test: {fmt(r['test_clips_per_s'])} clips/s (stage {fmt(r['test_stage_s'], 1)} s, of which "
@@ -406,7 +505,7 @@ def print_report(r):
             f"  RSS before fit {fmt(r['rss_before_fit_mb'], 0)} MiB, peak RSS during setup "
             f"{fmt(r['peak_rss_setup_mb'], 0)} MiB, process peak RSS {fmt(r['process_peak_rss_mb'], 0)} MiB"
         )
-    print(f"test metrics: {json.dumps(r['test_metrics'])}")
+    print(f"test metrics (checkpoint of epoch {r['epoch_loaded']}): {json.dumps(r['test_metrics'])}")
 
 
 def print_comparison(results):
@@ -416,25 +515,37 @@ def print_comparison(results):
         ("first epoch (s)", "first_epoch_s", 1),
         ("median later epoch (s)", "median_later_epoch_s", 1),
         ("median train batch (s)", "median_batch_s", 1),
+        ("min train batch (s)", "min_batch_s", 1),
+        ("median batch CPU time (s)", "median_batch_cpu_s", 1),
+        ("CPU utilisation (train)", "train_cpu_utilisation", 2),
         ("test clips/s", "test_clips_per_s", 3),
         ("peak memory fit (MiB)", "peak_fit_mb", 0),
         ("peak memory test (MiB)", "peak_test_mb", 0),
     ]
     print(f"\n=== comparison {' vs '.join(names)} (same seed, initial weights and data)")
-    print(f"{'':26s}" + "".join(f"{n:>12s}" for n in names))
-    for label, key, digits in rows:
-        print(f"{label:26s}" + "".join(f"{fmt(r[key], digits):>12s}" for r in results))
+    print(f"{'':26s}" + "".join(f"{n:>14s}" for n in names))
+    for label, key, digits in rows + [("test checkpoint of epoch", "epoch_loaded", 0)]:
+        print(f"{label:26s}" + "".join(f"{fmt(r[key], digits):>14s}" for r in results))
     ref = results[0]
     keys = list((ref["test_metrics"] or {}).keys())
-    print(f"\ntest metric{'':15s}" + "".join(f"{n:>12s}" for n in names)
+    print(f"\ntest metric{'':15s}" + "".join(f"{n:>14s}" for n in names)
           + "".join(f"{'|' + n + '-' + names[0] + '|':>16s}" for n in names[1:]))
     for key in keys:
         values = [(r["test_metrics"] or {}).get(key) for r in results]
-        line = f"{key:26s}" + "".join(f"{fmt(v, '6g'):>12s}" for v in values)
+        line = f"{key:26s}" + "".join(f"{fmt(v, '6g'):>14s}" for v in values)
         for v in values[1:]:
             both = isinstance(v, (int, float)) and isinstance(values[0], (int, float))
             line += f"{fmt(abs(float(v) - float(values[0])) if both else None, '3g'):>16s}"
         print(line)
+    if len({r["epoch_loaded"] for r in results}) > 1:
+        print("WARNING: the runs tested checkpoints of different epochs (best validation checkpoint "
+              "differs), so the metric differences mix precision and checkpoint selection.")
+    for r in results[1:]:
+        changed = sorted(k for k in set(r["recipe_files"]) | set(ref["recipe_files"])
+                         if r["recipe_files"].get(k) != ref["recipe_files"].get(k))
+        if changed:
+            print(f"WARNING: the recipe changed between the {ref['precision']} and {r['precision']} runs "
+                  f"({', '.join(changed)}): the comparison is not on the same code.")
 
 
 def machine_line():
@@ -472,6 +583,8 @@ def parse_args(argv):
     parser.add_argument("--clips_per_fold", type=int, default=8, help="generated data: clips per fold")
     parser.add_argument("--data_seed", type=int, default=0, help="generated data: seed")
     parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+    parser.add_argument("--no_snapshot", action="store_true", help="--compare: run the live recipe files "
+                        "instead of a copy taken at the start")
     parser.add_argument("--init_state", default=None, help=argparse.SUPPRESS)  # set by --compare
     args, overrides = parser.parse_known_args(argv)
     for flag in ("--data_folder", "--output_folder", "--device", "--precision", "--eval_precision"):
@@ -512,7 +625,16 @@ def main(argv):
             return [result]
 
         # One process per precision: each has its own peak RSS and a clean
-        # CUDA allocator; all share the data, the seed and the initial weights.
+        # CUDA allocator; all share the data, the seed, the initial weights
+        # and (unless --no_snapshot) a frozen copy of the recipe's code.
+        script, hparams_file = resolve(args.script), resolve(args.hparams)
+        benchmark = os.path.abspath(__file__)
+        if not args.no_snapshot:
+            snapshot = os.path.join(root, "recipe_snapshot")
+            script, hparams_file = snapshot_recipe(script, hparams_file, snapshot)
+            os.makedirs(os.path.join(snapshot, "benchmarks"), exist_ok=True)
+            benchmark = shutil.copy2(benchmark, os.path.join(snapshot, "benchmarks"))
+            logger.info(f"Recipe code copied to {snapshot}")
         init_state = os.path.join(root, "initial_state.pt")
         if os.path.exists(init_state):
             os.remove(init_state)
@@ -520,12 +642,16 @@ def main(argv):
         for precision in precisions:
             out_json = os.path.join(root, f"result_{precision}.json")
             command = [
-                sys.executable, os.path.abspath(__file__),
-                "--script", args.script, "--hparams", args.hparams,
+                sys.executable, benchmark,
+                "--script", script, "--hparams", hparams_file,
                 "--precision", precision, "--device", args.device,
                 "--data_folder", args.data_folder, "--output_folder", root,
                 "--init_state", init_state, "--json", out_json,
-            ] + (["--brain_class", args.brain_class] if args.brain_class else []) + list(overrides)
+            ]
+            for flag in ("brain_class",):
+                if getattr(args, flag):
+                    command += [f"--{flag}", getattr(args, flag)]
+            command += list(overrides)
             logger.info(f"Running {precision}: {' '.join(command)}")
             returncode = subprocess.run(command).returncode
             if returncode != 0:
@@ -535,13 +661,14 @@ def main(argv):
                 continue
             with open(out_json) as f:
                 results.append(json.load(f))
-        if failed:
-            print(f"\nFAILED precisions: {', '.join(failed)} (tracebacks on stderr)")
         if results:
             print_comparison(results)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
+        if failed:
+            print(f"\nFAILED precisions: {', '.join(failed)} (tracebacks on stderr)")
+            sys.exit(1)
         return results
     finally:
         if temporary and not args.keep and not args.init_state:

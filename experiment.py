@@ -1,0 +1,108 @@
+"""Experiment plumbing shared by the recipe scripts: command line and YAML,
+output folder, ESC-50 manifests and datasets.
+
+A script's ``main`` reads: ``setup_experiment`` -> ``prepare_manifests`` ->
+label mapping (``interpreter_brain.load_classifier`` for an interpreter,
+``label_encoder_from_manifest`` for a classifier being trained) ->
+``make_datasets`` -> Brain.
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+import speechbrain as sb
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from esc50_prepare import prepare_esc50
+
+
+def setup_experiment(argv):
+    """Parses the command line, loads the YAML with its overrides, starts DDP
+    if launched by torchrun and creates the output folder (with
+    hyperparams.yaml, env.log, log.txt and a copy of the calling script).
+
+    Returns
+    -------
+    (hparams dict, run_opts dict)
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
+    if if_main_process() and getattr(sys.modules["__main__"], "__file__", None):
+        shutil.copy(os.path.realpath(sys.modules["__main__"].__file__), hparams["output_folder"])
+    return hparams, run_opts
+
+
+def label_encoder_from_manifest(manifest):
+    """The public recipe's label mapping: class k is the k-th category met
+    while reading the training manifest (rows of meta/esc50.csv in order)."""
+    encoder = CategoricalEncoder()
+    with open(manifest) as f:
+        entries = json.load(f)
+    encoder.update_from_iterable(entry["category"] for entry in entries.values())
+    return encoder
+
+
+def prepare_manifests(hparams):
+    """Runs ESC-50 preparation (download if needed, manifests, audio cache)
+    on the main process only; the other processes wait for it."""
+    run_on_main(
+        prepare_esc50,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["save_folder"],
+            "train_fold_nums": hparams["train_fold_nums"],
+            "valid_fold_nums": hparams["valid_fold_nums"],
+            "test_fold_nums": hparams["test_fold_nums"],
+            "sample_rate": hparams["sample_rate"],
+            "signal_length_s": hparams["signal_length_s"],
+            "url": hparams["esc50_url"],
+            "sha256": hparams["esc50_sha256"],
+            "save_json_train": hparams["train_annotation"],
+            "save_json_valid": hparams["valid_annotation"],
+            "save_json_test": hparams["test_annotation"],
+        },
+    )
+
+
+def make_datasets(hparams, label_encoder):
+    """Train, valid and test datasets over the manifests, with outputs ``id``,
+    ``sig`` (float32 clip at the recipe's sample rate) and ``label_encoded``
+    (index in ``label_encoder``, the classifier's own mapping).
+
+    Returns
+    -------
+    dict
+        split -> DynamicItemDataset.
+    """
+
+    @sb.utils.data_pipeline.takes("wav", "category")
+    @sb.utils.data_pipeline.provides("sig", "label_encoded")
+    def pipeline(wav, category):
+        yield torch.from_numpy(np.load(wav))
+        if category not in label_encoder.lab2ind:
+            raise KeyError(
+                f"Class '{category}' of the data is not one of the classifier's classes "
+                f"{list(label_encoder.lab2ind)}; check the folds and the classifier."
+            )
+        yield torch.LongTensor([label_encoder.encode_label(category)])
+
+    manifests = {"train": hparams["train_annotation"], "valid": hparams["valid_annotation"],
+                 "test": hparams["test_annotation"]}
+    datasets = {
+        split: DynamicItemDataset.from_json(path, dynamic_items=[pipeline], output_keys=["id", "sig", "label_encoded"])
+        for split, path in manifests.items()
+    }
+    return datasets
