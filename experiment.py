@@ -45,6 +45,16 @@ def setup_experiment(argv):
     return hparams, run_opts
 
 
+def require_checkpoint(checkpointer, min_key):
+    """For ``--test_only``: raises a clear error unless ``checkpointer`` holds
+    a checkpoint whose meta has ``min_key`` (the key the run selects on)."""
+    if checkpointer.find_checkpoint(min_key=min_key) is None:
+        raise RuntimeError(
+            f"--test_only: no checkpoint with '{min_key}' in {checkpointer.checkpoints_dir}. "
+            "Train first (run without --test_only), or point --output_folder at the folder of a finished run."
+        )
+
+
 def label_encoder_from_manifest(manifest):
     """The public recipe's label mapping: class k is the k-th category met
     while reading the training manifest (rows of meta/esc50.csv in order)."""

@@ -34,7 +34,7 @@ from speechbrain.utils.logger import get_logger
 
 import metrics
 from esc50_prepare import write_atomically
-from experiment import label_encoder_from_manifest
+from experiment import label_encoder_from_manifest, require_checkpoint
 
 logger = get_logger(__name__)
 
@@ -234,19 +234,10 @@ class InterpreterBrain(sb.Brain):
             if any(p.requires_grad for p in module.parameters()):
                 self.modules[name] = DDP(module, find_unused_parameters=self.find_unused_parameters)
 
-    def check_test_only(self):
-        """Raises a clear error when ``--test_only`` finds no trained model."""
-        if self.checkpointer.find_checkpoint(min_key=self.best_key) is None:
-            raise RuntimeError(
-                f"--test_only: no checkpoint with '{self.best_key}' in "
-                f"{self.checkpointer.checkpoints_dir}. Train first (run without --test_only), "
-                "or point --output_folder at the folder of a finished run."
-            )
-
     def fit_and_test(self, datasets):
         """Trains (unless ``--test_only``) then tests the best checkpoint."""
         if self.test_only:
-            self.check_test_only()
+            require_checkpoint(self.checkpointer, self.best_key)
         self.fit(
             self.hparams.epoch_counter,
             datasets["train"],

@@ -41,8 +41,27 @@ def plot_interpretation(path, X, mask, true_class, predicted_class, sample_rate,
         ax.set_title(title)
         fig.colorbar(shown, ax=ax)
     fig.suptitle(f"{os.path.basename(os.path.dirname(path))}: true {true_class}, predicted {predicted_class}")
+    _save(fig, path)
+
+
+def _save(fig, path):
+    """Writes the figure as a PNG atomically and closes it."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     write_atomically(path, lambda f: f.write(buffer.getvalue()), mode="wb")
+
+
+def plot_reconstructions(path, X, X_hat, ids, sample_rate, hop_length):
+    """Saves a PNG with, per clip, the log1p STFT magnitude and its NMF
+    reconstruction (X, X_hat: [N, F, T])."""
+    fig, axes = plt.subplots(len(ids), 2, figsize=(10, 3 * len(ids)), squeeze=False)
+    for row, clip in enumerate(ids):
+        for ax, image, title in zip(axes[row], (X[row], X_hat[row]), ("input", "NMF reconstruction W H")):
+            shown = librosa.display.specshow(
+                image, sr=sample_rate, hop_length=hop_length, x_axis="time", y_axis="linear", cmap="magma", ax=ax
+            )
+            ax.set_title(f"{clip}: {title}")
+            fig.colorbar(shown, ax=ax)
+    _save(fig, path)

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Learns the NMF dictionary that L2I explains with (amortised NMF).
+
+Run:
+    python train_nmf.py hparams/nmf.yaml --data_folder=/data/ESC50
+    python train_nmf.py hparams/nmf.yaml --data_folder=/data/ESC50 --test_only
+
+An encoder maps the log1p STFT magnitude X [B, T, F] (16 kHz, the front end of
+every method, METHODS.md §2) to activations H >= 0 [B, K, T]; the decoder's
+dictionary W >= 0 [F, K] reconstructs X as W H; the loss is the MSE. The best
+decoder is exported as ``<output_folder>/nmf_decoder.ckpt``, which the L2I
+configs load with ``--nmf_decoder_path`` as is. The test stage writes the
+reconstruction error to ``test_metrics.json`` and ``reconstructions.png``.
+Read ``main`` first.
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import speechbrain as sb
+from speechbrain.utils.distributed import if_main_process
+
+from esc50_prepare import write_atomically
+from experiment import label_encoder_from_manifest, make_datasets, prepare_manifests, require_checkpoint, setup_experiment
+from interpreter_brain import log_spectrogram
+
+
+class NMFBrain(sb.Brain):
+    """Amortised NMF: X ~ W H, with H = encoder(X)."""
+
+    def compute_forward(self, batch, stage):
+        """Returns (X [B, F, T], X_hat = W H [B, F, T])."""
+        batch = batch.to(self.device)
+        X, _ = log_spectrogram(self.hparams.compute_stft, batch.sig.data)
+        X = X.transpose(1, 2)
+        return X, self.modules.nmf_decoder(self.modules.nmf_encoder(X))
+
+    def compute_objectives(self, predictions, batch, stage):
+        """MSE between X and W H; keeps the first test batch for the figure."""
+        X, X_hat = predictions
+        if stage == sb.Stage.TEST and self.figure_batch is None:
+            self.figure_batch = (X[:4].detach().float().cpu(), X_hat[:4].detach().float().cpu(), batch.id[:4])
+        return F.mse_loss(X_hat.float(), X.float())
+
+    def on_stage_start(self, stage, epoch=None):
+        """Nothing kept from a previous stage."""
+        self.figure_batch = None
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Checkpoints on validation reconstruction error; reports the test one."""
+        stats = {"reconstruction_error": float(stage_loss)}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+        elif stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats({"epoch": epoch}, self.train_stats, stats)
+            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["reconstruction_error"])
+        else:
+            self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+            if if_main_process():
+                self.export(stats)
+
+    def export(self, stats):
+        """Writes nmf_decoder.ckpt, test_metrics.json and reconstructions.png."""
+        import plotting
+
+        folder = self.hparams.output_folder
+        state = self.modules.nmf_decoder.state_dict()
+        write_atomically(os.path.join(folder, "nmf_decoder.ckpt"), lambda f: torch.save(state, f), mode="wb")
+        write_atomically(os.path.join(folder, "test_metrics.json"), lambda f: json.dump(stats, f, indent=2))
+        X, X_hat, ids = self.figure_batch
+        plotting.plot_reconstructions(
+            os.path.join(folder, "reconstructions.png"), X.numpy(), X_hat.numpy(), ids,
+            self.hparams.sample_rate, self.hparams.compute_stft.hop_length,
+        )
+
+
+def main(argv):
+    """Parse, prepare data, train, test the best checkpoint, export the decoder."""
+    hparams, run_opts = setup_experiment(argv)
+    prepare_manifests(hparams)
+    datasets = make_datasets(hparams, label_encoder_from_manifest(hparams["train_annotation"]))
+    brain = NMFBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    if brain.test_only:
+        require_checkpoint(brain.checkpointer, "reconstruction_error")
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    brain.evaluate(datasets["test"], min_key="reconstruction_error", test_loader_kwargs=hparams["test_dataloader_opts"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
