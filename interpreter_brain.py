@@ -19,6 +19,7 @@ Authors: the ESC-50 interpretability recipe developers.
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
@@ -68,8 +69,10 @@ class Interpretation:
         makes the interpretation listenable.
     logits : torch.Tensor
         [B, C] frozen classifier output on X (no gradient).
-    mask : torch.Tensor
+    mask : torch.Tensor or None
         [B, T, F] interpretation mask M in [0, 1]; the interpretation is M * X.
+        A method whose training loss does not use the mask may leave it None
+        in the training stage; it is always set in validation and test.
     aux : dict
         Method-specific tensors the method's loss needs (e.g. PIQ's mask
         logits and quantised codes); empty when there are none.
@@ -78,7 +81,7 @@ class Interpretation:
     X: torch.Tensor
     stft: torch.Tensor
     logits: torch.Tensor
-    mask: torch.Tensor
+    mask: Optional[torch.Tensor]
     aux: dict = field(default_factory=dict)
 
     @property
@@ -116,7 +119,7 @@ class InterpreterBrain(sb.Brain):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         memory_format = torch.channels_last if self.hparams.channels_last else torch.preserve_format
-        for frozen in (self.hparams.embedding_model, self.hparams.classifier):
+        for frozen in self.hparams.pretrainer.loadables.values():  # classifier (and e.g. NMF decoder)
             frozen.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.modules.to(memory_format=memory_format)
 
@@ -160,6 +163,11 @@ class InterpreterBrain(sb.Brain):
                 self.save_interpretations(result, batch, labels)
         return loss
 
+    def method_metrics(self, result):
+        """Extra per-clip figures a method logs beside the shared metrics
+        (validation and test): dict name -> [B] tensor. None by default."""
+        return {}
+
     def accumulate_metrics(self, result, labels):
         """Adds the batch's per-clip metrics to the running sums. The masked-in
         and masked-out inputs go through the classifier in one batched pass."""
@@ -169,27 +177,29 @@ class InterpreterBrain(sb.Brain):
             p = F.softmax(result.logits.float(), dim=1)
             p_in, p_out = F.softmax(io_logits.float(), dim=1).chunk(2)
             values = metrics.per_clip_metrics(p, p_in, p_out, M.float(), labels)
-            defined = ~torch.isnan(values["SPS"])
-            sums = [values[name].nansum().double() for name in metrics.HIGHER_IS_BETTER]
-            counts = [torch.tensor(float(len(labels))), defined.sum().double()]
-            self.metric_sums += torch.stack(sums + [c.to(sums[0]) for c in counts])
+            values.update(self.method_metrics(result))
+            values["n_clips"] = torch.ones_like(labels)
+            values["n_defined_masks"] = (~torch.isnan(values["SPS"])).double()
+            for name, value in values.items():
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value.detach().double().nansum()
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the metric sums."""
-        n = len(metrics.HIGHER_IS_BETTER)
-        self.metric_sums = torch.zeros(n + 2, dtype=torch.float64, device=self.device)
+        self.metric_sums = {}
 
     def reduce_metrics(self, stage_loss):
         """Sums over processes, then means: returns a dict of plain floats
         (``SPS``/``COMP`` over clips whose mask is not all zero, None if none)."""
-        sums = ddp_all_reduce(self.metric_sums.clone(), torch.distributed.ReduceOp.SUM)
-        loss = ddp_all_reduce(torch.tensor(float(stage_loss), device=self.device), torch.distributed.ReduceOp.SUM)
-        world = int(os.environ.get("WORLD_SIZE", 1)) if torch.distributed.is_initialized() else 1
-        n_clips, n_defined = sums[-2].item(), sums[-1].item()
-        stats = {"loss": loss.item() / world, "n_clips": int(n_clips), "n_empty_masks": int(n_clips - n_defined)}
-        for i, name in enumerate(metrics.HIGHER_IS_BETTER):
+        names = sorted(self.metric_sums)
+        sums = torch.stack([self.metric_sums[name] for name in names] + [torch.tensor(float(stage_loss)).to(self.device)])
+        sums = dict(zip(names + ["loss"], ddp_all_reduce(sums, torch.distributed.ReduceOp.SUM).tolist()))
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        n_clips, n_defined = sums.pop("n_clips"), sums.pop("n_defined_masks")
+        stats = {"loss": sums.pop("loss") / world, "n_clips": int(n_clips), "n_empty_masks": int(n_clips - n_defined)}
+        for name in list(metrics.HIGHER_IS_BETTER) + sorted(set(sums) - set(metrics.HIGHER_IS_BETTER)):
+            total = sums[name]
             denominator = n_defined if name in ("SPS", "COMP") else n_clips
-            stats[name] = sums[i].item() / denominator if denominator else None
+            stats[name] = total / denominator if denominator else None
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):

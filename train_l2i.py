@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Listen to Interpret (L2I) of a frozen ESC-50 classifier.
+
+Run:
+    python train_l2i.py hparams/l2i_conv2d.yaml --data_folder=/data/ESC50
+    python train_l2i.py hparams/l2i_conv2d.yaml --data_folder=/data/ESC50 --test_only
+With your own NMF dictionary (train_nmf.py):
+    ... --nmf_decoder_path=<nmf output folder>/nmf_decoder.ckpt
+
+psi maps the classifier's hidden representation to NMF activations H
+[B, K, T]; the frozen NMF dictionary W gives X_hat = W H; Theta predicts the
+classifier's decision from H. The interpretation keeps the components that are
+relevant to the predicted class, so it can be listened to (METHODS.md §4).
+Read ``main`` first.
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import speechbrain as sb
+
+from experiment import make_datasets, prepare_manifests, setup_experiment
+from interpreter_brain import Interpretation, InterpreterBrain, load_classifier
+
+
+def relevant_mask(H, X_hat, classes, theta, nmf_decoder, relevance_th, eps=1e-10):
+    """The L2I interpretation mask of a batch, computed for all clips at once.
+
+    M = W[:, L] H[L] / (W H + eps), L = {k : r_k > relevance_th},
+    r_k = w[c, k] z_k / max_k |w[c, k] z_k|, z = Theta's time pooling of H,
+    w = Theta's linear weights, c = ``classes``.
+
+    Arguments
+    ---------
+    H : torch.Tensor
+        [B, K, T] NMF activations.
+    X_hat : torch.Tensor
+        [B, F, T] = W H.
+    classes : torch.Tensor
+        [B] class to explain.
+    theta : speechbrain.lobes.models.L2I.Theta
+    nmf_decoder : speechbrain.lobes.models.L2I.NMFDecoderAudio
+    relevance_th : float
+
+    Returns
+    -------
+    torch.Tensor
+        [B, F, T] mask in [0, 1].
+    """
+    z = theta.hard_att(H).squeeze(2)
+    relevance = theta.classifier[0].weight[classes] * z
+    relevance = relevance / relevance.abs().amax(1, keepdim=True).clamp(min=eps)
+    selected = (relevance > relevance_th).to(H.dtype).unsqueeze(2)
+    return (nmf_decoder(H * selected) / (X_hat + eps)).clamp(0, 1)
+
+
+class L2IBrain(InterpreterBrain):
+    """L2I: psi -> H, X_hat = W H, Theta(H) ~ classifier."""
+
+    def interpret(self, X, stft, hidden, logits, stage):
+        """NMF activations of the batch and, outside training, the mask of the
+        components relevant to the predicted class, for the whole batch at once.
+
+        Returns
+        -------
+        Interpretation
+            mask [B, T, F] = W[:, L] H[L] / (W H + eps) with
+            L = {k : r_k > relevance_th}, r_k = w[c, k] z_k / max_k |w[c, k] z_k|,
+            z = Theta's time pooling of H, w = Theta's linear weights (None during
+            training, where the loss does not use it); aux ``H`` [B, K, T] and
+            ``X_hat`` [B, T, F].
+        """
+        H = self.modules.psi(hidden)[0].squeeze(1).transpose(1, 2)
+        H = F.interpolate(H, size=X.shape[1], mode="linear")  # psi's frames -> the input's T
+        X_hat = self.hparams.nmf_decoder(H)
+        mask = None
+        if stage != sb.Stage.TRAIN:
+            mask = relevant_mask(H, X_hat, logits.argmax(1), self.modules.theta, self.hparams.nmf_decoder,
+                                 self.hparams.relevance_th).transpose(1, 2)
+        return Interpretation(X=X, stft=stft, logits=logits, mask=mask, aux={"H": H, "X_hat": X_hat.transpose(1, 2)})
+
+    def interpreter_loss(self, result, batch, stage):
+        """alpha ||X_hat - X||^2 + beta mean|H| - sum_c softmax(logits / tau)_c log Theta(H)_c."""
+        H, X_hat = result.aux["H"], result.aux["X_hat"]
+        reconstruction = F.mse_loss(X_hat.float(), result.X.float())
+        targets = F.softmax(result.logits.float() / self.hparams.classifier_temp, dim=1)
+        fidelity = -(targets * torch.log(self.modules.theta(H).float() + 1e-10)).sum(1).mean()
+        return self.hparams.alpha * reconstruction + self.hparams.beta * H.abs().mean() + fidelity
+
+    def method_metrics(self, result):
+        """Per clip: NMF reconstruction error, and whether Theta agrees with the classifier."""
+        with torch.no_grad():
+            error = (result.aux["X_hat"].float() - result.X.float()).pow(2).mean((1, 2))
+            agrees = (self.modules.theta(result.aux["H"]).argmax(1) == result.class_pred).double()
+        return {"reconstruction_error": error, "theta_fidelity": agrees}
+
+
+def main(argv):
+    """Parse, prepare data, load the frozen classifier and NMF dictionary, train L2I, test."""
+    hparams, run_opts = setup_experiment(argv)
+    prepare_manifests(hparams)
+    datasets = make_datasets(hparams, load_classifier(hparams))
+    brain = L2IBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit_and_test(datasets)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
