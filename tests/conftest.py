@@ -67,3 +67,14 @@ def replace_arg(args, key, value):
     args = list(args)
     args[args.index(f"--{key}") + 1] = str(value)
     return args
+
+
+@pytest.fixture(scope="session")
+def trained_nmf(synthetic_data, tmp_path_factory):
+    """An NMF dictionary trained by train_nmf.py; returns its output folder."""
+    out = tmp_path_factory.mktemp("nmf")
+    run_script(
+        "train_nmf.py", "hparams/nmf.yaml", "--data_folder", synthetic_data, "--output_folder", out,
+        "--number_of_epochs", 1, "--batch_size", 4, "--device", "cpu", "--noprogressbar",
+    )
+    return out

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, TINY, TINY_PIQ, classifier_args, replace_arg, run_script
+from conftest import N_CLASSES, ROOT, TINY, TINY_PIQ, classifier_args, replace_arg, run_script
 
-# (script, hparams file, tiny overrides)
+# (script, hparams file, tiny overrides, needs an NMF dictionary)
 METHODS = [
-    ("train_piq.py", "hparams/piq.yaml", TINY_PIQ),
+    ("train_piq.py", "hparams/piq.yaml", TINY_PIQ, False),
+    ("train_l2i.py", "hparams/l2i_conv2d.yaml", TINY + ["--out_n_neurons", N_CLASSES], True),
 ]
 METRIC_RANGES = {
     "accuracy": (0, 1), "fidelity_in": (0, 1), "faithfulness": (-1, 1), "AI": (0, 100),
@@ -55,11 +56,13 @@ def check_interpretations(folder, n_clips=N_TEST_CLIPS):
             assert sr == 16000 and audio.shape == (80000,) and np.isfinite(audio).all()
 
 
-@pytest.mark.parametrize("script,hparams_file,tiny", METHODS, ids=[m[1] for m in METHODS])
-def test_method_contract(script, hparams_file, tiny, synthetic_data, trained_classifier, tmp_path):
+@pytest.mark.parametrize("script,hparams_file,tiny,nmf", METHODS, ids=[m[1] for m in METHODS])
+def test_method_contract(script, hparams_file, tiny, nmf, synthetic_data, trained_classifier, request, tmp_path):
     """Train (2 epochs) then --test_only: all outputs, metrics and interpretations."""
     out = tmp_path / "run"
     common = ["--data_folder", synthetic_data, "--output_folder", out, *classifier_args(trained_classifier), *tiny]
+    if nmf:
+        common += ["--nmf_decoder_path", request.getfixturevalue("trained_nmf") / "nmf_decoder.ckpt"]
     run_script(script, hparams_file, *common, "--number_of_epochs", 2, "--save_interpretations", False)
     for name in RUN_FILES + (script,):
         assert (out / name).is_file(), name
@@ -189,3 +192,19 @@ def test_real_sample_clips_debug(tmp_path):
         assert (out / name).is_file(), name
     check_test_metrics(out, n_clips=1)
     check_interpretations(out, n_clips=1)
+
+
+def test_nmf_train_then_test_only(synthetic_data, trained_nmf, tmp_path):
+    """train_nmf.py exports the decoder and a figure; --test_only re-reports the error."""
+    for name in ("nmf_decoder.ckpt", "reconstructions.png", "test_metrics.json", "train_nmf.py"):
+        assert (trained_nmf / name).is_file(), name
+    error = json.loads((trained_nmf / "test_metrics.json").read_text())["reconstruction_error"]
+    assert math.isfinite(error) and error > 0
+    shutil.copytree(trained_nmf, tmp_path / "nmf")
+    (tmp_path / "nmf" / "test_metrics.json").unlink()
+    run_script(
+        "train_nmf.py", "hparams/nmf.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path / "nmf",
+        "--number_of_epochs", 1, "--device", "cpu", "--noprogressbar", "--test_only",
+    )
+    again = json.loads((tmp_path / "nmf" / "test_metrics.json").read_text())["reconstruction_error"]
+    assert again == pytest.approx(error, rel=1e-5)
