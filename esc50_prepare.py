@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import urllib.error
 import urllib.request
 import zipfile
 
@@ -151,7 +152,10 @@ def download_and_extract(url, data_folder, marker, sha256=None):
     _remove(part, scratch)  # leftovers of an interrupted earlier run
     logger.info(f"Downloading {url} into {data_folder}")
     try:
-        digest = _download(url, part, sha256)
+        try:
+            digest = _download(url, part, sha256)
+        except urllib.error.URLError as err:
+            raise IOError(f"Cannot download {url} into {data_folder}: {err}. Check the URL and the network.") from err
         try:
             with zipfile.ZipFile(part) as archive:
                 broken = archive.testzip()
@@ -198,8 +202,8 @@ def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
         data, orig_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types
         raise RuntimeError(
-            f"Cannot read audio file {path}: {err}. Replace the file, or remove its row "
-            f"from meta/esc50.csv."
+            f"Cannot read audio file {path}: {err}. Replace the file, or remove it from the "
+            "dataset's list (meta/esc50.csv for ESC-50)."
         ) from err
     wav = torch.from_numpy(data).mean(1)
     if orig_sr != sample_rate:

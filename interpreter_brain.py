@@ -48,14 +48,6 @@ def log_spectrogram(compute_stft, wavs):
     return torch.log1p(spectral_magnitude(stft, power=0.5)), stft
 
 
-def classifier_forward(embedding_model, classifier, X):
-    """X [B, T, F] -> (hidden [B, D, T', F'] map of the embedding model,
-    logits [B, C]). The embedding is the mean of the map over T', F'."""
-    hidden = embedding_model(X)
-    logits = classifier(hidden.mean((-1, -2)).unsqueeze(1)).squeeze(1)
-    return hidden, logits
-
-
 @dataclass
 class Interpretation:
     """What an interpreter returns for a batch of B clips (T frames, F bins).
@@ -102,8 +94,8 @@ class InterpreterBrain(sb.Brain):
     * ``interpret(X, stft, hidden, logits, stage) -> Interpretation``
     * ``interpreter_loss(result, batch, stage) -> torch.Tensor`` (scalar)
 
-    Expected hparams: ``compute_stft``, ``compute_istft``, ``embedding_model``,
-    ``classifier``, ``label_encoder`` (set by the script), ``sample_rate``,
+    Expected hparams: ``compute_stft``, ``compute_istft``, ``backbone``
+    (``backbones.py``), ``pretrainer``, ``label_encoder`` (set by the script), ``sample_rate``,
     ``output_folder``, ``save_interpretations``, ``train_logger``,
     ``lr_annealing``, ``channels_last``.
 
@@ -129,8 +121,9 @@ class InterpreterBrain(sb.Brain):
         return log_spectrogram(self.hparams.compute_stft, wavs)
 
     def classify(self, X):
-        """X [B, T, F] -> (hidden map [B, D, T', F'], logits [B, C])."""
-        return classifier_forward(self.hparams.embedding_model, self.hparams.classifier, X)
+        """X [B, T, F] -> (hidden representation, logits [B, C]) of the frozen
+        classifier, whatever its architecture (``backbones.py``)."""
+        return self.hparams.backbone(X)
 
     # ---- method hooks -----------------------------------------------------
     def interpret(self, X, stft, hidden, logits, stage):

@@ -27,7 +27,7 @@ from speechbrain.utils.logger import get_logger
 
 from esc50_prepare import write_atomically
 from experiment import label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
-from interpreter_brain import classifier_forward, log_spectrogram
+from interpreter_brain import log_spectrogram
 
 logger = get_logger(__name__)
 
@@ -39,8 +39,7 @@ class ClassifierBrain(sb.Brain):
         """wavs -> cosine scores [B, C]."""
         batch = batch.to(self.device)
         X, _ = log_spectrogram(self.hparams.compute_stft, batch.sig.data)
-        _, logits = classifier_forward(self.modules.embedding_model, self.modules.classifier, X)
-        return logits
+        return self.modules.backbone(X)[1]
 
     def compute_objectives(self, logits, batch, stage):
         """Additive angular margin loss; error rate tracked outside training."""
@@ -72,7 +71,7 @@ class ClassifierBrain(sb.Brain):
         """Writes the loaded (best) model for the interpreters, atomically."""
         folder = self.hparams.output_folder
         for name in ("embedding_model", "classifier"):
-            state = self.modules[name].state_dict()
+            state = getattr(self.hparams, name).state_dict()
             write_atomically(os.path.join(folder, f"{name}.ckpt"), lambda f, s=state: torch.save(s, f), mode="wb")
         self.hparams.label_encoder.save(os.path.join(folder, "label_encoder.txt"))
         logger.info(f"Classifier exported to {folder}/{{embedding_model,classifier}}.ckpt")

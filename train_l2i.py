@@ -75,7 +75,7 @@ class L2IBrain(InterpreterBrain):
             ``X_hat`` [B, T, F].
         """
         H = self.modules.psi(hidden)[0].squeeze(1).transpose(1, 2)
-        H = F.interpolate(H, size=X.shape[1], mode="linear")  # psi's frames -> the input's T
+        H = F.interpolate(H.float(), size=X.shape[1], mode="linear")  # psi's frames -> the input's T, float32
         X_hat = self.hparams.nmf_decoder(H)
         mask = None
         if stage != sb.Stage.TRAIN:

@@ -47,7 +47,8 @@ class PIQBrain(InterpreterBrain):
             and ``z_q`` (its quantisation).
         """
         mask_logits, h, z_q = self.modules.psi(hidden, logits.argmax(1))
-        mask_logits = F.interpolate(mask_logits, size=X.shape[-2:], mode="bilinear").squeeze(1)
+        # float32 from here: a bf16 mask would keep only a handful of distinct values
+        mask_logits = F.interpolate(mask_logits.float(), size=X.shape[-2:], mode="bilinear").squeeze(1)
         return Interpretation(
             X=X,
             stft=stft,

@@ -175,7 +175,7 @@ class WhamNoise(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         """Clip ``index``: float32 tensor [n_samples] (a copy of the cached clip)."""
-        return self._clip(index)
+        return self._clip(index).clone()
 
     def sample_batch(self, batch_size, generator=None):
         """``batch_size`` clips drawn uniformly with replacement.

@@ -41,8 +41,11 @@ argument the benchmark does not know (``--emb_dim 16``, ``--K 48``,
 Without ``--data_folder``, data are generated with ``synthetic_esc50.generate``;
 without ``--output_folder``, everything goes to a temporary folder that is
 removed at the end (keep it with ``--keep``). With ``--compare``, each
-precision runs in its own process (so that peak RSS is its own), the first one
-saves the initial weights of every module of the YAML and the others load them.
+precision runs in its own process (so that peak RSS is its own) on a copy of
+the recipe's code taken at the start (``--no_snapshot`` runs the live files);
+the first one saves the initial weights of every module of the YAML and the
+others load them. The report warns when the precisions tested checkpoints of
+different epochs, or ran different code (sha256 of every recipe file used).
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -565,6 +568,7 @@ def machine_line():
 
 # ---- command line ------------------------------------------------------------------
 def parse_args(argv):
+    """Returns (benchmark options, YAML overrides, precisions to run)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         allow_abbrev=False,
@@ -600,6 +604,8 @@ def parse_args(argv):
 
 
 def main(argv):
+    """Runs one precision in process, or each of ``--compare`` in a child
+    process, and prints the report; returns the list of measurements."""
     args, overrides, precisions = parse_args(argv)
     temporary = args.output_folder is None
     root = os.path.abspath(args.output_folder or tempfile.mkdtemp(prefix="interpreter_benchmark_"))
@@ -648,9 +654,8 @@ def main(argv):
                 "--data_folder", args.data_folder, "--output_folder", root,
                 "--init_state", init_state, "--json", out_json,
             ]
-            for flag in ("brain_class",):
-                if getattr(args, flag):
-                    command += [f"--{flag}", getattr(args, flag)]
+            if args.brain_class:
+                command += ["--brain_class", args.brain_class]
             command += list(overrides)
             logger.info(f"Running {precision}: {' '.join(command)}")
             returncode = subprocess.run(command).returncode

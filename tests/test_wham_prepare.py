@@ -131,7 +131,8 @@ def test_download_good_archive_then_reuse(server, source, tmp_path):
     assert sorted(os.listdir(folder)) == ["cv", "metadata", "tr", "tt"]
     for name in TR_CLIPS:
         assert (folder / "tr" / name).read_bytes() == (source / "tr" / name).read_bytes()
-    assert (folder / "metadata" / "noise_meta_tr.csv").read_text() == (source / "metadata" / "noise_meta_tr.csv").read_text()
+    meta = os.path.join("metadata", "noise_meta_tr.csv")
+    assert (folder / meta).read_text() == (source / meta).read_text()
     assert (folder / "cv" / "cv_0.wav").is_file() and (folder / "tt" / "tt_0.wav").is_file()
 
     # Second call: files found, nothing downloaded.
