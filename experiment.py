@@ -23,6 +23,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from contamination import interferer_pipeline
 from esc50_prepare import prepare_esc50
 
 
@@ -115,4 +116,7 @@ def make_datasets(hparams, label_encoder):
         split: DynamicItemDataset.from_json(path, dynamic_items=[pipeline], output_keys=["id", "sig", "label_encoded"])
         for split, path in manifests.items()
     }
+    if hparams.get("eval_contamination") == "mixtures":
+        datasets["test"].add_dynamic_item(interferer_pipeline(hparams["test_annotation"], hparams["seed"]))
+        datasets["test"].set_output_keys(["id", "sig", "label_encoded", "interferer_sig"])
     return datasets

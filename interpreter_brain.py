@@ -35,7 +35,9 @@ from speechbrain.utils.logger import get_logger
 
 import metrics
 from esc50_prepare import write_atomically
+from contamination import check_mode, contaminate
 from experiment import label_encoder_from_manifest, require_checkpoint
+from wham_prepare import WhamNoise, mix_at_0db, prepare_wham
 
 logger = get_logger(__name__)
 
@@ -68,6 +70,9 @@ class Interpretation:
     aux : dict
         Method-specific tensors the method's loss needs (e.g. PIQ's mask
         logits and quantised codes); empty when there are none.
+    wav : torch.Tensor or None
+        [B, N] the waveforms as interpreted (after any contamination); set by
+        the brain, not by the method.
     """
 
     X: torch.Tensor
@@ -75,6 +80,7 @@ class Interpretation:
     logits: torch.Tensor
     mask: Optional[torch.Tensor]
     aux: dict = field(default_factory=dict)
+    wav: Optional[torch.Tensor] = None
 
     @property
     def class_pred(self):
@@ -114,6 +120,10 @@ class InterpreterBrain(sb.Brain):
         for frozen in self.hparams.pretrainer.loadables.values():  # classifier (and e.g. NMF decoder)
             frozen.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.modules.to(memory_format=memory_format)
+        self.contamination = self.hparams.eval_contamination
+        check_mode(self.contamination)
+        self.noise_generator = torch.Generator().manual_seed(self.hparams.seed)
+        self.wham = load_wham(self.hparams) if self.contamination == "wham" or self.hparams.add_wham_noise else None
 
     # ---- front end and frozen classifier -------------------------------
     def front_end(self, wavs):
@@ -139,11 +149,25 @@ class InterpreterBrain(sb.Brain):
         """One front-end pass, one gradient-free classifier pass, then the
         method's interpretation. Returns an ``Interpretation``."""
         batch = batch.to(self.device)
-        wavs, _ = batch.sig
+        wavs = self.input_wavs(batch, stage)
         X, stft = self.front_end(wavs)
         with torch.no_grad():
             hidden, logits = self.classify(X)
-        return self.interpret(X, stft, hidden, logits, stage)
+        result = self.interpret(X, stft, hidden, logits, stage)
+        result.wav = wavs
+        return result
+
+    def input_wavs(self, batch, stage):
+        """The clips as interpreted: WHAM!-contaminated in training with
+        ``add_wham_noise``, contaminated at test time with
+        ``eval_contamination`` (contamination.py), else as loaded."""
+        wavs = batch.sig.data
+        if stage == sb.Stage.TRAIN and self.hparams.add_wham_noise:
+            return mix_at_0db(wavs, self.wham.sample_batch(len(wavs), self.noise_generator).to(wavs))
+        if stage == sb.Stage.TEST and self.contamination != "none":
+            interferers = batch.interferer_sig.data if self.contamination == "mixtures" else None
+            return contaminate(self.contamination, wavs, interferers, self.wham, self.noise_generator)
+        return wavs
 
     def compute_objectives(self, result, batch, stage):
         """The method's loss; in validation and test also accumulates the
@@ -215,9 +239,12 @@ class InterpreterBrain(sb.Brain):
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
             )
             if if_main_process():
-                path = os.path.join(self.hparams.output_folder, "test_metrics.json")
-                write_atomically(path, lambda f: json.dump(stats, f, indent=2))
-                logger.info(f"Test metrics written to {path}")
+                stats["contamination"] = self.contamination
+                names = ["test_metrics.json"] + ([f"test_metrics_{self.contamination}.json"] if self.contamination != "none" else [])
+                for name in names:
+                    path = os.path.join(self.hparams.output_folder, name)
+                    write_atomically(path, lambda f: json.dump(stats, f, indent=2))
+                    logger.info(f"Test metrics written to {path}")
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """Under DDP, validation and test are split across processes (each clip
@@ -252,12 +279,18 @@ class InterpreterBrain(sb.Brain):
 
     # ---- saved interpretations ------------------------------------------------
     def save_interpretations(self, result, batch, labels):
-        """Writes, for every clip, ``interpretations/<clip id>/`` with
-        original.wav, interpretation.wav (ISTFT of expm1(M*X) with the original
-        phase), mask.npy (float32 [T, F]) and spectra.png."""
+        """Writes, for every clip, ``interpretations/<clip id>/`` (or
+        ``interpretations_<contamination>/``) with original.wav (the input as
+        interpreted), interpretation.wav (ISTFT of expm1(M*X) with the original
+        phase), mask.npy (float32 [T, F]) and spectra.png; for mixtures also
+        target.wav and interferer.wav."""
         import plotting  # matplotlib/librosa are imported only when needed
 
-        wavs = batch.sig.data.float().cpu()
+        wavs = result.wav.float().cpu()
+        sources = {}
+        if self.contamination == "mixtures":
+            sources = {"target.wav": batch.sig.data.float().cpu(), "interferer.wav": batch.interferer_sig.data.float().cpu()}
+        subfolder = "interpretations" + ("" if self.contamination == "none" else f"_{self.contamination}")
         stft = result.stft.float()
         phase = torch.atan2(stft[..., 1], stft[..., 0])
         magnitude = torch.expm1(result.X_int.float())
@@ -266,10 +299,11 @@ class InterpreterBrain(sb.Brain):
         encoder = self.hparams.label_encoder
         sr = self.hparams.sample_rate
         for i, clip_id in enumerate(batch.id):
-            folder = os.path.join(self.hparams.output_folder, "interpretations", clip_id)
+            folder = os.path.join(self.hparams.output_folder, subfolder, clip_id)
             os.makedirs(folder, exist_ok=True)
             mask = result.mask[i].detach().float().cpu().numpy().astype(np.float32)
-            for name, audio in (("original.wav", wavs[i]), ("interpretation.wav", wavs_int[i])):
+            audios = {"original.wav": wavs[i], "interpretation.wav": wavs_int[i], **{n: a[i] for n, a in sources.items()}}
+            for name, audio in audios.items():
                 write_atomically(
                     os.path.join(folder, name),
                     lambda f, a=audio: sf.write(f, a.numpy(), sr, format="WAV", subtype="FLOAT"),
@@ -285,6 +319,19 @@ class InterpreterBrain(sb.Brain):
                 sample_rate=sr,
                 hop_length=self.hparams.compute_stft.hop_length,
             )
+
+
+def load_wham(hparams):
+    """WHAM! noise for ``add_wham_noise`` / ``eval_contamination: wham``:
+    prepared (downloaded if needed) on the main process, then cached."""
+    if not hparams.wham_folder:
+        raise ValueError(
+            "add_wham_noise / eval_contamination=wham need WHAM! noise: set --wham_folder=<folder> "
+            "(downloaded there from wham_url if it holds no tr/*.wav)."
+        )
+    run_on_main(prepare_wham, args=[hparams.wham_folder, hparams.wham_url])
+    files = prepare_wham(hparams.wham_folder, hparams.wham_url)
+    return WhamNoise(files, hparams.sample_rate, hparams.signal_length_s)
 
 
 def strict_load(module, path):

@@ -78,3 +78,31 @@ def trained_nmf(synthetic_data, tmp_path_factory):
         "--number_of_epochs", 1, "--batch_size", 4, "--device", "cpu", "--noprogressbar",
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def wham_folder(tmp_path_factory):
+    """A small WHAM!-layout noise folder (tr/*.wav at 8 kHz) for contamination."""
+    import numpy as np
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("wham_noise")
+    (folder / "tr").mkdir()
+    rng = np.random.default_rng(0)
+    for i, seconds in enumerate((3, 6)):
+        sf.write(folder / "tr" / f"noise{i}.wav", 0.1 * rng.standard_normal(8000 * seconds), 8000)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_l2i(synthetic_data, trained_classifier, trained_nmf, wham_folder, tmp_path_factory):
+    """An L2I run trained on WHAM!-contaminated batches (add_wham_noise); returns
+    (output folder, the command-line arguments that reproduce its config)."""
+    out = tmp_path_factory.mktemp("l2i")
+    args = [
+        "--data_folder", synthetic_data, "--output_folder", out, *classifier_args(trained_classifier),
+        "--nmf_decoder_path", trained_nmf / "nmf_decoder.ckpt", "--wham_folder", wham_folder,
+        *TINY, "--out_n_neurons", N_CLASSES, "--number_of_epochs", 1,
+    ]
+    run_script("train_l2i.py", "hparams/l2i_conv2d.yaml", *args, "--add_wham_noise", True)
+    return out, args

@@ -41,17 +41,19 @@ def check_test_metrics(folder, n_clips=N_TEST_CLIPS):
     return results
 
 
-def check_interpretations(folder, n_clips=N_TEST_CLIPS):
-    """Every test clip has its four files; masks are float32 [431, 513] in [0, 1]."""
-    clips = sorted(os.listdir(os.path.join(folder, "interpretations")))
+def check_interpretations(folder, n_clips=N_TEST_CLIPS, subfolder="interpretations", extra=()):
+    """Every test clip has its four files (and ``extra`` ones); masks are
+    float32 [431, 513] in [0, 1]; every wav is 5 s at 16 kHz and finite."""
+    clips = sorted(os.listdir(os.path.join(folder, subfolder)))
     assert len(clips) == n_clips
+    expected = sorted(["interpretation.wav", "mask.npy", "original.wav", "spectra.png", *extra])
     for clip in clips:
-        clip_folder = os.path.join(folder, "interpretations", clip)
-        assert sorted(os.listdir(clip_folder)) == ["interpretation.wav", "mask.npy", "original.wav", "spectra.png"]
+        clip_folder = os.path.join(folder, subfolder, clip)
+        assert sorted(os.listdir(clip_folder)) == expected
         mask = np.load(os.path.join(clip_folder, "mask.npy"))
         assert mask.dtype == np.float32 and mask.shape == (431, 513)
         assert mask.min() >= 0 and mask.max() <= 1
-        for name in ("original.wav", "interpretation.wav"):
+        for name in [name for name in expected if name.endswith(".wav")]:
             audio, sr = sf.read(os.path.join(clip_folder, name))
             assert sr == 16000 and audio.shape == (80000,) and np.isfinite(audio).all()
 
