@@ -9,6 +9,7 @@ label mapping (``interpreter_brain.load_classifier`` for an interpreter,
 Authors: the ESC-50 interpretability recipe developers.
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -40,6 +41,10 @@ def setup_experiment(argv):
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
+    if torch.distributed.is_initialized():
+        # tear the process group down before the interpreter exits: left to
+        # process teardown, gloo's threads can abort the process (SIGABRT)
+        atexit.register(torch.distributed.destroy_process_group)
     sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
     if if_main_process() and getattr(sys.modules["__main__"], "__file__", None):
         shutil.copy(os.path.realpath(sys.modules["__main__"].__file__), hparams["output_folder"])

@@ -74,7 +74,9 @@ class L2IBrain(InterpreterBrain):
             training, where the loss does not use it); aux ``H`` [B, K, T] and
             ``X_hat`` [B, T, F].
         """
-        H = self.modules.psi(hidden)[0].squeeze(1).transpose(1, 2)
+        H = self.modules.psi(hidden)
+        if isinstance(H, tuple):  # L2I.PsiOptimized (conv2d): ([B, 1, T', K], adapted map)
+            H = H[0].squeeze(1).transpose(1, 2)
         H = F.interpolate(H.float(), size=X.shape[1], mode="linear")  # psi's frames -> the input's T, float32
         X_hat = self.hparams.nmf_decoder(H)
         mask = None
