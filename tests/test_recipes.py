@@ -179,34 +179,45 @@ def test_ddp_two_cpu_processes(synthetic_data, trained_classifier, tmp_path):
     assert (tmp_path / "train_log.txt").read_text().count("epoch: 1,") == 1
 
 
-def test_real_sample_clips_debug(tmp_path):
+# (script, config, overrides) run on the real sample clips; classes: dog,
+# car_horn, thunderstorm in the training folds
+SAMPLE_RUNS = [
+    ("train_piq.py", "hparams/piq.yaml", [*TINY, "--K", 48, "--out_n_neurons", 3, "--use_pretrained", False]),
+    ("train_nmf.py", "hparams/nmf.yaml", ["--device", "cpu", "--noprogressbar"]),
+    ("train_l2i.py", "hparams/l2i_conv2d.yaml", [*TINY, "--out_n_neurons", 3, "--use_pretrained", False]),
+    ("train_l2i.py", "hparams/l2i_cnn14.yaml", ["--device", "cpu", "--noprogressbar", "--out_n_neurons", 3,
+                                                "--use_pretrained", False, "--debug_epochs", 1]),
+]
+
+
+@pytest.mark.parametrize("script,hparams_file,overrides", SAMPLE_RUNS, ids=[r[1] for r in SAMPLE_RUNS])
+def test_real_sample_clips_debug(script, hparams_file, overrides, tmp_path):
     """The real ESC-50 sample clips (44.1 kHz, real layout) with --debug."""
     samples = os.path.join(ROOT, "..", "shared", "esc50_samples")
     assert os.path.isdir(samples), f"the real sample clips are expected in {samples}"
     data = tmp_path / "ESC50"
     shutil.copytree(samples, data)
     out = tmp_path / "run"
-    run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", data, "--output_folder", out, "--debug",
-        "--use_pretrained", False, "--out_n_neurons", 3, "--number_of_epochs", 1, *TINY, "--K", 48,
-    )
-    for name in RUN_FILES + ("train_piq.py",):
+    run_script(script, hparams_file, "--data_folder", data, "--output_folder", out, "--debug", *overrides)
+    for name in RUN_FILES[:-1] + (script,):
         assert (out / name).is_file(), name
+    if script == "train_nmf.py":
+        assert (out / "nmf_decoder.ckpt").is_file() and (out / "reconstructions.png").is_file()
+        return
+    assert (out / "save" / "label_encoder.txt").is_file()
     check_test_metrics(out, n_clips=1)
     check_interpretations(out, n_clips=1)
 
 
-def test_nmf_train_then_test_only(synthetic_data, trained_nmf, tmp_path):
-    """train_nmf.py exports the decoder and a figure; --test_only re-reports the error."""
-    for name in ("nmf_decoder.ckpt", "reconstructions.png", "test_metrics.json", "train_nmf.py"):
-        assert (trained_nmf / name).is_file(), name
-    error = json.loads((trained_nmf / "test_metrics.json").read_text())["reconstruction_error"]
-    assert math.isfinite(error) and error > 0
-    shutil.copytree(trained_nmf, tmp_path / "nmf")
-    (tmp_path / "nmf" / "test_metrics.json").unlink()
+def test_cnn14_classifier_then_l2i(synthetic_data, trained_nmf, tmp_path):
+    """classifier_cnn14.yaml writes checkpoints that l2i_cnn14.yaml loads unchanged."""
+    quick = ["--device", "cpu", "--noprogressbar", "--debug", "--debug_epochs", 1, "--batch_size", 2,
+             "--out_n_neurons", 3, "--data_folder", synthetic_data]
+    run_script("train_classifier.py", "hparams/classifier_cnn14.yaml", *quick, "--output_folder", tmp_path / "cls")
     run_script(
-        "train_nmf.py", "hparams/nmf.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path / "nmf",
-        "--number_of_epochs", 1, "--device", "cpu", "--noprogressbar", "--test_only",
+        "train_l2i.py", "hparams/l2i_cnn14.yaml", *quick, "--output_folder", tmp_path / "l2i",
+        *classifier_args(tmp_path / "cls"), "--nmf_decoder_path", trained_nmf / "nmf_decoder.ckpt",
+        "--save_interpretations", False,
     )
-    again = json.loads((tmp_path / "nmf" / "test_metrics.json").read_text())["reconstruction_error"]
-    assert again == pytest.approx(error, rel=1e-5)
+    results = check_test_metrics(tmp_path / "l2i", n_clips=4)
+    assert 0 <= results["theta_fidelity"] <= 1 and results["reconstruction_error"] > 0
