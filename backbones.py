@@ -49,3 +49,134 @@ class Cnn14Backbone(torch.nn.Module):
         mel = torch.log1p(self.compute_fbank(torch.expm1(X)))
         embedding, hidden = self.embedding_model(mel)
         return hidden, self.classifier(embedding).squeeze(1)
+
+
+def spectrogram_as_image(X, image_size):
+    """X [B, T, F] -> [B, 3, image_size, image_size]: bilinear resize (with
+    antialiasing, as torchvision's ``resize`` of a tensor) repeated to the
+    three channels an ImageNet architecture expects (METHODS.md §3)."""
+    image = torch.nn.functional.interpolate(
+        X.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return image.expand(-1, 3, -1, -1)
+
+
+class FocalNetBackbone(torch.nn.Module):
+    """FocalNet: transformers ``FocalNetBackbone`` on X seen as an image; the
+    embedding is the mean of its last feature map, classified by an ECAPA
+    cosine ``Classifier``.
+
+    ``forward`` returns hidden = the last feature map [B, D, h, w] (what
+    ``PIQ.VectorQuantizedPSIFocalNet_Audio`` decodes) and logits [B, C].
+    ``activation_maps`` returns, instead of hidden, the modulators of AMT
+    (METHODS.md §4): the output of ``modulation.projection_context`` of the
+    last layer of every encoder stage, L2 norm over channels.
+
+    Arguments
+    ---------
+    embedding_model : transformers.FocalNetBackbone
+        Built from a ``FocalNetConfig`` whose ``out_features`` include the last stage.
+    classifier : torch.nn.Module
+        [B, 1, D] embedding -> [B, 1, C] scores.
+
+    Example
+    -------
+    >>> from transformers import FocalNetConfig, FocalNetBackbone as HFFocalNet
+    >>> from speechbrain.lobes.models.ECAPA_TDNN import Classifier
+    >>> config = FocalNetConfig(embed_dim=4, depths=[1, 1], hidden_sizes=[8, 8], image_size=32)
+    >>> backbone = FocalNetBackbone(HFFocalNet(config).eval(), Classifier(8, out_neurons=3, lin_blocks=1).eval())
+    >>> hidden, logits = backbone(torch.rand(2, 431, 513))
+    >>> hidden.shape, logits.shape
+    (torch.Size([2, 8, 4, 4]), torch.Size([2, 3]))
+    >>> [m.shape for m in backbone.activation_maps(torch.rand(2, 431, 513))[0]]
+    [torch.Size([2, 8, 8]), torch.Size([2, 4, 4])]
+    """
+
+    def __init__(self, embedding_model, classifier):
+        super().__init__()
+        self.embedding_model = embedding_model
+        self.classifier = classifier
+
+    def forward(self, X):
+        """X [B, T, F] -> (last feature map [B, D, h, w], logits [B, C])."""
+        image = spectrogram_as_image(X, self.embedding_model.config.image_size)
+        hidden = self.embedding_model(image).feature_maps[-1]
+        return hidden, self.classifier(hidden.mean((-1, -2)).unsqueeze(1)).squeeze(1)
+
+    def activation_maps(self, X):
+        """X [B, T, F] -> (list of modulator norms [B, h_s, w_s], one per
+        encoder stage, shallowest first; logits [B, C])."""
+        modulators = []
+        hooks = [
+            stage.layers[-1].modulation.projection_context.register_forward_hook(
+                lambda module, inputs, output: modulators.append(output)
+            )
+            for stage in self.embedding_model.focalnet.encoder.stages
+        ]
+        try:
+            _, logits = self(X)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [modulator.norm(p=2, dim=1) for modulator in modulators], logits
+
+
+class ViTBackbone(torch.nn.Module):
+    """ViT: transformers ``ViTModel`` on X seen as an image; the embedding is
+    the mean over all tokens (CLS included) of ``last_hidden_state``,
+    classified by an ECAPA cosine ``Classifier``.
+
+    ``forward`` returns hidden = the patch tokens on their grid [B, D, g, g]
+    (what ``PIQ.VectorQuantizedPSIViT_Audio`` decodes; g = image_size //
+    patch_size, rows along time) and logits [B, C]. ``activation_maps``
+    returns, instead of hidden, AMT's map (METHODS.md §4): the last layer's
+    attention of the CLS token to the patch tokens, averaged over heads,
+    [B, g, g]. It needs the model built with ``attn_implementation="eager"``
+    (under ``sdpa`` no attention map is returned).
+
+    Example
+    -------
+    >>> from transformers import ViTConfig, ViTModel
+    >>> from speechbrain.lobes.models.ECAPA_TDNN import Classifier
+    >>> config = ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+    ...                    image_size=32, patch_size=8, attn_implementation="eager")
+    >>> backbone = ViTBackbone(ViTModel(config).eval(), Classifier(8, out_neurons=3, lin_blocks=1).eval())
+    >>> hidden, logits = backbone(torch.rand(2, 431, 513))
+    >>> hidden.shape, logits.shape
+    (torch.Size([2, 8, 4, 4]), torch.Size([2, 3]))
+    >>> [m.shape for m in backbone.activation_maps(torch.rand(2, 431, 513))[0]]
+    [torch.Size([2, 4, 4])]
+    """
+
+    def __init__(self, embedding_model, classifier):
+        super().__init__()
+        self.embedding_model = embedding_model
+        self.classifier = classifier
+
+    def encode(self, X, output_attentions=False):
+        """X [B, T, F] -> (ViT output, logits [B, C])."""
+        image = spectrogram_as_image(X, self.embedding_model.config.image_size)
+        output = self.embedding_model(image, output_attentions=output_attentions)
+        return output, self.classifier(output.last_hidden_state.mean(1, keepdim=True)).squeeze(1)
+
+    def forward(self, X):
+        """X [B, T, F] -> (patch tokens [B, D, g, g], logits [B, C])."""
+        output, logits = self.encode(X)
+        patches = output.last_hidden_state[:, 1:].transpose(1, 2)
+        grid = self.embedding_model.config.image_size // self.embedding_model.config.patch_size
+        return patches.reshape(len(patches), -1, grid, grid), logits
+
+    def activation_maps(self, X):
+        """X [B, T, F] -> ([CLS-to-patch attention of the last layer [B, g, g]], logits [B, C])."""
+        output, logits = self.encode(X, output_attentions=True)
+        if not output.attentions or output.attentions[-1] is None:
+            raise RuntimeError(
+                "The ViT returned no attention maps: build its ViTConfig with attn_implementation: eager."
+            )
+        attention = output.attentions[-1][:, :, 0]  # [B, heads, keys]: the CLS token's query
+        assert attention.numel() > 0, "empty ViT attention map"
+        assert torch.allclose(attention.float().sum(-1), attention.new_ones(attention.shape[:2]).float(), atol=1e-2), (
+            "ViT attention does not sum to one over keys"
+        )
+        grid = self.embedding_model.config.image_size // self.embedding_model.config.patch_size
+        return [attention[..., 1:].mean(1).reshape(len(attention), grid, grid)], logits

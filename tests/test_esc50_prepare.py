@@ -9,14 +9,12 @@ resampling; the 44.1 kHz -> 16 kHz path is tested on load_clip directly.
 
 import csv
 import hashlib
-import http.server
 import io
 import json
 import os
 import re
 import shutil
 import struct
-import threading
 import zipfile
 
 import numpy as np
@@ -26,6 +24,7 @@ import soundfile as sf
 import esc50_prepare
 import synthetic_esc50
 from esc50_prepare import load_clip, prepare_esc50
+from http_fixtures import serve_archives
 
 CLIPS_PER_FOLD = 2
 N_CLASSES = 3
@@ -100,40 +99,11 @@ def archives(source):
     }
 
 
-class _ArchiveHandler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.routes[path] = (body, content_length)``; HTTP/1.0, so
-    the connection is closed after each response."""
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        route = self.server.routes.get(self.path)
-        if route is None:
-            self.send_error(404)
-            return
-        body, length = route
-        self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(length))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(archives):
     """A loopback HTTP server (127.0.0.1, free port) serving ``archives``."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ArchiveHandler)
-    httpd.routes = archives
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    httpd.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serve_archives(archives) as httpd:
+        yield httpd
 
 
 @pytest.fixture
