@@ -61,6 +61,22 @@ def require_checkpoint(checkpointer, min_key):
         )
 
 
+def fit_and_test(brain, datasets, min_key):
+    """Trains ``brain`` (unless ``--test_only``), then tests the checkpoint
+    with the lowest ``min_key``, the key its validation stage stores."""
+    hparams = brain.hparams
+    if brain.test_only:
+        require_checkpoint(brain.checkpointer, min_key)
+    brain.fit(
+        hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams.train_dataloader_opts,
+        valid_loader_kwargs=hparams.test_dataloader_opts,
+    )
+    brain.evaluate(datasets["test"], min_key=min_key, test_loader_kwargs=hparams.test_dataloader_opts)
+
+
 def label_encoder_from_manifest(manifest):
     """The public recipe's label mapping: class k is the k-th category met
     while reading the training manifest (rows of meta/esc50.csv in order)."""

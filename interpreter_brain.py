@@ -36,7 +36,7 @@ from speechbrain.utils.logger import get_logger
 import metrics
 from esc50_prepare import write_atomically
 from contamination import check_mode, contaminate
-from experiment import label_encoder_from_manifest, require_checkpoint
+from experiment import fit_and_test, label_encoder_from_manifest
 from wham_prepare import WhamNoise, mix_at_0db, prepare_wham
 
 logger = get_logger(__name__)
@@ -266,16 +266,7 @@ class InterpreterBrain(sb.Brain):
 
     def fit_and_test(self, datasets):
         """Trains (unless ``--test_only``) then tests the best checkpoint."""
-        if self.test_only:
-            require_checkpoint(self.checkpointer, self.best_key)
-        self.fit(
-            self.hparams.epoch_counter,
-            datasets["train"],
-            datasets["valid"],
-            train_loader_kwargs=self.hparams.train_dataloader_opts,
-            valid_loader_kwargs=self.hparams.test_dataloader_opts,
-        )
-        self.evaluate(datasets["test"], min_key=self.best_key, test_loader_kwargs=self.hparams.test_dataloader_opts)
+        fit_and_test(self, datasets, self.best_key)
 
     # ---- saved interpretations ------------------------------------------------
     def save_interpretations(self, result, batch, labels):

@@ -26,7 +26,7 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 from esc50_prepare import write_atomically
-from experiment import label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
+from experiment import fit_and_test, label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
 from interpreter_brain import log_spectrogram
 
 logger = get_logger(__name__)
@@ -97,15 +97,7 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    brain.fit(
-        hparams["epoch_counter"],
-        datasets["train"],
-        datasets["valid"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["test_dataloader_opts"],
-    )
-    brain.evaluate(datasets["test"], min_key="error_rate", test_loader_kwargs=hparams["test_dataloader_opts"])
-
+    fit_and_test(brain, datasets, min_key="error_rate")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -27,7 +27,7 @@ import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process
 
 from esc50_prepare import write_atomically
-from experiment import label_encoder_from_manifest, make_datasets, prepare_manifests, require_checkpoint, setup_experiment
+from experiment import fit_and_test, label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
 from interpreter_brain import log_spectrogram
 
 
@@ -92,17 +92,7 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    if brain.test_only:
-        require_checkpoint(brain.checkpointer, "reconstruction_error")
-    brain.fit(
-        hparams["epoch_counter"],
-        datasets["train"],
-        datasets["valid"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["test_dataloader_opts"],
-    )
-    brain.evaluate(datasets["test"], min_key="reconstruction_error", test_loader_kwargs=hparams["test_dataloader_opts"])
-
+    fit_and_test(brain, datasets, min_key="reconstruction_error")
 
 if __name__ == "__main__":
     main(sys.argv[1:])
