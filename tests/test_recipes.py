@@ -187,6 +187,11 @@ SAMPLE_RUNS = [
     ("train_l2i.py", "hparams/l2i_conv2d.yaml", [*TINY, "--out_n_neurons", 3, "--use_pretrained", False]),
     ("train_l2i.py", "hparams/l2i_cnn14.yaml", ["--device", "cpu", "--noprogressbar", "--out_n_neurons", 3,
                                                 "--use_pretrained", False, "--debug_epochs", 1]),
+    ("interpret_amt.py", "hparams/amt_focalnet.yaml", [*TINY[2:], "--out_n_neurons", 3, "--use_pretrained", False,
+                                                       "--embed_dim", 4, "--depths", "[1, 1, 1, 1]", "--image_size", 64]),
+    ("train_piq.py", "hparams/piq_vit.yaml", [*TINY, "--K", 48, "--out_n_neurons", 3, "--use_pretrained", False,
+                                              "--num_hidden_layers", 1, "--num_attention_heads", 2,
+                                              "--intermediate_size", 32, "--image_size", 32, "--patch_size", 8]),
 ]
 
 
