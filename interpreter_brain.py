@@ -34,9 +34,9 @@ from speechbrain.utils.distributed import ddp_all_reduce, if_main_process, run_o
 from speechbrain.utils.logger import get_logger
 
 import metrics
-from esc50_prepare import write_atomically
 from contamination import check_mode, contaminate
-from experiment import fit_and_test, label_encoder_from_manifest
+from esc50_prepare import write_atomically
+from experiment import fit_and_test, label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
 from wham_prepare import WhamNoise, mix_at_0db, prepare_wham
 
 logger = get_logger(__name__)
@@ -377,3 +377,20 @@ def load_classifier(hparams):
         encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
     hparams["label_encoder"] = encoder
     return encoder
+
+
+def run_interpreter(brain_class, argv):
+    """``main`` of a trained interpreter: parse the command line, prepare the
+    data, load the frozen classifier, build ``brain_class``, train (unless
+    ``--test_only``) and test the best checkpoint."""
+    hparams, run_opts = setup_experiment(argv)
+    prepare_manifests(hparams)
+    datasets = make_datasets(hparams, load_classifier(hparams))
+    brain = brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit_and_test(datasets)

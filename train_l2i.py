@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 import speechbrain as sb
 
-from experiment import make_datasets, prepare_manifests, setup_experiment
-from interpreter_brain import Interpretation, InterpreterBrain, load_classifier
+from interpreter_brain import Interpretation, InterpreterBrain, run_interpreter
 
 
 def relevant_mask(H, X_hat, classes, theta, nmf_decoder, relevance_th, eps=1e-10):
@@ -103,17 +102,7 @@ class L2IBrain(InterpreterBrain):
 
 def main(argv):
     """Parse, prepare data, load the frozen classifier and NMF dictionary, train L2I, test."""
-    hparams, run_opts = setup_experiment(argv)
-    prepare_manifests(hparams)
-    datasets = make_datasets(hparams, load_classifier(hparams))
-    brain = L2IBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.fit_and_test(datasets)
+    run_interpreter(L2IBrain, argv)
 
 
 if __name__ == "__main__":

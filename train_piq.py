@@ -17,8 +17,7 @@ import sys
 
 import torch.nn.functional as F
 
-from experiment import make_datasets, prepare_manifests, setup_experiment
-from interpreter_brain import Interpretation, InterpreterBrain, load_classifier
+from interpreter_brain import Interpretation, InterpreterBrain, run_interpreter
 
 
 class PIQBrain(InterpreterBrain):
@@ -69,17 +68,7 @@ class PIQBrain(InterpreterBrain):
 
 def main(argv):
     """Parse, prepare data, load the frozen classifier, train PIQ, test."""
-    hparams, run_opts = setup_experiment(argv)
-    prepare_manifests(hparams)
-    datasets = make_datasets(hparams, load_classifier(hparams))
-    brain = PIQBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.fit_and_test(datasets)
+    run_interpreter(PIQBrain, argv)
 
 
 if __name__ == "__main__":
