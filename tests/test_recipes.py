@@ -119,8 +119,19 @@ def test_bf16_and_channels_last_off(synthetic_data, trained_classifier, tmp_path
         *classifier_args(trained_classifier), *TINY_PIQ, "--number_of_epochs", 1,
         "--precision", "bf16", "--eval_precision", "bf16", "--channels_last", False,
     )
-    check_test_metrics(tmp_path)
+    bf16 = check_test_metrics(tmp_path)
     check_interpretations(tmp_path)
+    # the same checkpoint evaluated in fp32: the metrics agree within bf16's resolution
+    # (AI may flip one of the 4 clips when p_in_c and p_c are within rounding)
+    run_script(
+        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
+        *classifier_args(trained_classifier), *TINY_PIQ, "--number_of_epochs", 1, "--test_only",
+        "--eval_precision", "fp32", "--channels_last", False, "--save_interpretations", False,
+    )
+    fp32 = check_test_metrics(tmp_path)
+    tolerance = {"faithfulness": 1e-3, "AI": 25.0, "AD": 1.0, "AG": 1.0, "SPS": 1e-3, "COMP": 1e-2, "accuracy": 0}
+    for name, tol in tolerance.items():
+        assert abs(bf16[name] - fp32[name]) <= tol, (name, bf16[name], fp32[name])
 
 
 def test_wrong_checkpoint_fails_loudly(synthetic_data, trained_classifier, tmp_path):
