@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -288,29 +287,17 @@ class InterpreterBrain(sb.Brain):
         complex_int = torch.stack([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], -1)
         wavs_int = self.hparams.compute_istft(complex_int, sig_length=wavs.shape[1]).cpu()
         encoder = self.hparams.label_encoder
-        sr = self.hparams.sample_rate
         for i, clip_id in enumerate(batch.id):
-            folder = os.path.join(self.hparams.output_folder, subfolder, clip_id)
-            os.makedirs(folder, exist_ok=True)
-            mask = result.mask[i].detach().float().cpu().numpy().astype(np.float32)
-            audios = {"original.wav": wavs[i], "interpretation.wav": wavs_int[i], **{n: a[i] for n, a in sources.items()}}
-            for name, audio in audios.items():
-                write_atomically(
-                    os.path.join(folder, name),
-                    lambda f, a=audio: sf.write(f, a.numpy(), sr, format="WAV", subtype="FLOAT"),
-                    mode="wb",
-                )
-            write_atomically(os.path.join(folder, "mask.npy"), lambda f: np.save(f, mask), mode="wb")
-            plotting.plot_interpretation(
-                os.path.join(folder, "spectra.png"),
+            plotting.save_clip(
+                os.path.join(self.hparams.output_folder, subfolder, clip_id),
+                audios={"original.wav": wavs[i], "interpretation.wav": wavs_int[i], **{n: a[i] for n, a in sources.items()}},
                 X=result.X[i].detach().float().cpu().numpy(),
-                mask=mask,
+                mask=result.mask[i].detach().float().cpu().numpy().astype(np.float32),
                 true_class=encoder.ind2lab[int(labels[i])],
                 predicted_class=encoder.ind2lab[int(result.class_pred[i])],
-                sample_rate=sr,
+                sample_rate=self.hparams.sample_rate,
                 hop_length=self.hparams.compute_stft.hop_length,
             )
-
 
 def load_wham(hparams):
     """WHAM! noise for ``add_wham_noise`` / ``eval_contamination: wham``:

@@ -1,11 +1,15 @@
-"""Figures of the recipe: input, mask and interpretation side by side.
+"""Saved interpretations and figures: the files a researcher listens to and
+looks at (input, mask and interpretation side by side, NMF reconstructions).
 
-Imported only when interpretations are saved, so training never pays for
+Imported only when something is saved, so training never pays for
 matplotlib or librosa.
 """
 
 import io
 import os
+
+import numpy as np
+import soundfile as sf
 
 import matplotlib
 
@@ -14,6 +18,33 @@ import librosa.display  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from esc50_prepare import write_atomically  # noqa: E402
+
+
+def save_clip(folder, audios, X, mask, true_class, predicted_class, sample_rate, hop_length):
+    """Writes one clip's interpretation folder, every file atomically.
+
+    Arguments
+    ---------
+    folder : str
+        ``<output_folder>/interpretations/<clip id>`` (created).
+    audios : dict
+        file name -> float32 waveform [N] (original.wav, interpretation.wav, ...).
+    X, mask : numpy.ndarray
+        [T, F] log1p magnitude and float32 mask in [0, 1] (saved as mask.npy).
+    true_class, predicted_class : str
+        Class names for the figure.
+    sample_rate, hop_length : int
+        Hz and STFT hop in samples.
+    """
+    os.makedirs(folder, exist_ok=True)
+    for name, audio in audios.items():
+        write_atomically(
+            os.path.join(folder, name),
+            lambda f, a=audio: sf.write(f, a.numpy(), sample_rate, format="WAV", subtype="FLOAT"),
+            mode="wb",
+        )
+    write_atomically(os.path.join(folder, "mask.npy"), lambda f: np.save(f, mask), mode="wb")
+    plot_interpretation(os.path.join(folder, "spectra.png"), X, mask, true_class, predicted_class, sample_rate, hop_length)
 
 
 def plot_interpretation(path, X, mask, true_class, predicted_class, sample_rate, hop_length):
