@@ -19,6 +19,7 @@ import torch
 
 import speechbrain as sb
 
+from esc50_prepare import peak_normalize
 from wham_prepare import mix_at_0db
 
 MODES = ("none", "mixtures", "white_noise", "wham")
@@ -34,7 +35,7 @@ def check_mode(mode):
 def mix_gains(target, interferer, eps=1e-8):
     """0.8 target + 0.2 interferer, peak-normalised per clip. [B, N] -> [B, N]."""
     mix = TARGET_GAIN * target + INTERFERER_GAIN * interferer
-    return mix / (mix.abs().amax(-1, keepdim=True) + eps)
+    return peak_normalize(mix, eps)
 
 
 def interferer_pipeline(manifest, seed):
@@ -86,4 +87,4 @@ def contaminate(mode, wavs, interferers=None, wham=None, generator=None):
         noise = torch.randn(wavs.shape, generator=generator)
     else:
         noise = wham.sample_batch(wavs.shape[0], generator)
-    return mix_at_0db(wavs, noise.to(wavs))
+    return mix_at_0db(wavs, noise)

@@ -179,6 +179,12 @@ def download_and_extract(url, data_folder, marker, sha256=None):
         _remove(part, scratch)
 
 
+def peak_normalize(x, eps=1e-8):
+    """x / (max|x| + eps) along the last axis: a negative peak counts, and a
+    silent clip stays all zeros instead of becoming inf/NaN."""
+    return x / (x.abs().amax(dim=-1, keepdim=True) + eps)
+
+
 @functools.lru_cache(maxsize=8)
 def _resampler(orig_sr, sample_rate):
     """One resampling filter per rate pair, built once (building it costs more
@@ -210,7 +216,7 @@ def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
         wav = _resampler(orig_sr, sample_rate)(wav)
     n = int(round(sample_rate * signal_length_s))
     wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
-    return wav / (wav.abs().max() + eps)
+    return peak_normalize(wav, eps)
 
 
 def read_metadata(data_folder):

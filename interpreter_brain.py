@@ -162,7 +162,7 @@ class InterpreterBrain(sb.Brain):
         ``eval_contamination`` (contamination.py), else as loaded."""
         wavs = batch.sig.data
         if stage == sb.Stage.TRAIN and self.hparams.add_wham_noise:
-            return mix_at_0db(wavs, self.wham.sample_batch(len(wavs), self.noise_generator).to(wavs))
+            return mix_at_0db(wavs, self.wham.sample_batch(len(wavs), self.noise_generator))
         if stage == sb.Stage.TEST and self.contamination != "none":
             interferers = batch.interferer_sig.data if self.contamination == "mixtures" else None
             return contaminate(self.contamination, wavs, interferers, self.wham, self.noise_generator)

@@ -41,7 +41,7 @@ import torch
 
 from speechbrain.utils.logger import get_logger
 
-from esc50_prepare import download_and_extract, load_clip
+from esc50_prepare import download_and_extract, load_clip, peak_normalize
 
 logger = get_logger(__name__)
 
@@ -231,4 +231,4 @@ def mix_at_0db(signals, noise, eps=1e-8):
         raise ValueError(f"signals {tuple(signals.shape)} and noise {tuple(noise.shape)} must have the same shape.")
     noise = noise.to(device=signals.device, dtype=signals.dtype)
     mix = signals / (signals.norm(dim=-1, keepdim=True) + eps) + noise / (noise.norm(dim=-1, keepdim=True) + eps)
-    return mix / (mix.abs().amax(dim=-1, keepdim=True) + eps)
+    return peak_normalize(mix, eps)
