@@ -19,7 +19,7 @@ import torch
 
 import speechbrain as sb
 
-from esc50_prepare import peak_normalize
+from front_end import peak_normalize
 from wham_prepare import mix_at_0db
 
 MODES = ("none", "mixtures", "white_noise", "wham")

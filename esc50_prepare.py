@@ -19,52 +19,22 @@ Authors: the ESC-50 interpretability recipe developers.
 """
 
 import csv
-import functools
 import hashlib
 import json
 import os
-import shutil
-import urllib.error
-import urllib.request
-import zipfile
 
 import numpy as np
-import soundfile as sf
-import torch
-import torchaudio
-from tqdm import tqdm
 
 from speechbrain.utils.logger import get_logger
+
+from fileio import download_and_extract, remove, write_atomically
+from front_end import load_clip
 
 logger = get_logger(__name__)
 
 ESC50_URL = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
 ESC50_CSV = os.path.join("meta", "esc50.csv")
 SPLITS = ("train", "valid", "test")
-_CHUNK = 1 << 20
-
-
-def write_atomically(path, write_fn, mode="w"):
-    """Writes ``path`` through a temporary file in the same folder, then
-    renames it, so a reader never sees a half-written file.
-
-    Arguments
-    ---------
-    path : str
-        Destination file.
-    write_fn : callable
-        Called with the open temporary file object.
-    mode : str
-        Open mode for the temporary file ("w" or "wb").
-    """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, mode) as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def check_folds(train_fold_nums, valid_fold_nums, test_fold_nums, n_folds=5):
@@ -90,133 +60,6 @@ def check_folds(train_fold_nums, valid_fold_nums, test_fold_nums, n_folds=5):
                     f"{a}={list(folds[a])} and {b}={list(folds[b])} share folds {common}; "
                     "the splits must be disjoint."
                 )
-
-
-def _download(url, dest, expected_sha256=None):
-    """Streams ``url`` into ``dest`` with a progress bar; checks the size
-    against Content-Length and, if given, the SHA-256. Returns the hex digest."""
-    sha = hashlib.sha256()
-    size = 0
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(url)) as bar:
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                sha.update(chunk)
-                size += len(chunk)
-                bar.update(len(chunk))
-    if total is not None and size != total:
-        raise IOError(f"Download of {url} is truncated: got {size} of {total} bytes. Run again to retry.")
-    digest = sha.hexdigest()
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise IOError(
-            f"Checksum mismatch for {url}: SHA-256 {digest}, expected {expected_sha256}. "
-            "The file is corrupt or the URL serves another archive; check the URL and the "
-            "sha256 key, then run again."
-        )
-    return digest
-
-
-def _remove(*paths):
-    """Removes files or folders that exist."""
-    for path in paths:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-
-
-def download_and_extract(url, data_folder, marker, sha256=None):
-    """Downloads a zip archive and unpacks it into ``data_folder`` atomically.
-
-    The archive is verified (byte count against Content-Length, the SHA-256
-    when ``sha256`` is given, and the CRC-32 of every member), unpacked into a
-    scratch folder, and the folder of the archive that holds ``marker`` is moved
-    into ``data_folder`` entry by entry, the entry holding ``marker`` last.
-
-    Arguments
-    ---------
-    url : str
-        Archive URL (http(s) or file).
-    data_folder : str
-        Destination; created if needed.
-    marker : str
-        Relative path whose presence means the dataset is complete, e.g.
-        ``meta/esc50.csv``.
-    sha256 : str, optional
-        Expected SHA-256 of the archive.
-    """
-    os.makedirs(data_folder, exist_ok=True)
-    part = os.path.join(data_folder, ".download.part")
-    scratch = os.path.join(data_folder, ".extract-tmp")
-    _remove(part, scratch)  # leftovers of an interrupted earlier run
-    logger.info(f"Downloading {url} into {data_folder}")
-    try:
-        try:
-            digest = _download(url, part, sha256)
-        except urllib.error.URLError as err:
-            raise IOError(f"Cannot download {url} into {data_folder}: {err}. Check the URL and the network.") from err
-        try:
-            with zipfile.ZipFile(part) as archive:
-                broken = archive.testzip()
-                if broken is not None:
-                    raise IOError(f"Archive from {url} has a corrupt member {broken} (CRC-32 mismatch).")
-                archive.extractall(scratch)
-        except zipfile.BadZipFile as err:
-            raise IOError(f"Archive from {url} is not a valid zip ({err}). Run again to retry.") from err
-        roots = [root for root, _, _ in os.walk(scratch) if os.path.isfile(os.path.join(root, marker))]
-        if not roots:
-            raise IOError(f"Archive from {url} has no {marker}; is the URL right?")
-        root = roots[0]
-        top = marker.split("/")[0]
-        entries = sorted(os.listdir(root), key=lambda e: e == top)
-        for entry in entries:
-            dest = os.path.join(data_folder, entry)
-            _remove(dest)
-            os.replace(os.path.join(root, entry), dest)
-        logger.info(f"Unpacked {url} (SHA-256 {digest}) into {data_folder}")
-    finally:
-        _remove(part, scratch)
-
-
-def peak_normalize(x, eps=1e-8):
-    """x / (max|x| + eps) along the last axis: a negative peak counts, and a
-    silent clip stays all zeros instead of becoming inf/NaN."""
-    return x / (x.abs().amax(dim=-1, keepdim=True) + eps)
-
-
-@functools.lru_cache(maxsize=8)
-def _resampler(orig_sr, sample_rate):
-    """One resampling filter per rate pair, built once (building it costs more
-    than applying it)."""
-    return torchaudio.transforms.Resample(orig_sr, sample_rate)
-
-
-def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
-    """Loads one clip as the recipe's models expect it.
-
-    Downmix to mono, resample to ``sample_rate``, pad with zeros or crop to
-    exactly ``signal_length_s`` seconds, and divide by max|x| + eps (a silent
-    clip stays all zeros, a negative peak is handled).
-
-    Returns
-    -------
-    torch.Tensor
-        float32 [round(sample_rate * signal_length_s)].
-    """
-    try:
-        data, orig_sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises several types
-        raise RuntimeError(
-            f"Cannot read audio file {path}: {err}. Replace the file, or remove it from the "
-            "dataset's list (meta/esc50.csv for ESC-50)."
-        ) from err
-    wav = torch.from_numpy(data).mean(1)
-    if orig_sr != sample_rate:
-        wav = _resampler(orig_sr, sample_rate)(wav)
-    n = int(round(sample_rate * signal_length_s))
-    wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
-    return peak_normalize(wav, eps)
 
 
 def read_metadata(data_folder):
@@ -279,7 +122,7 @@ def prepare_esc50(
                 logger.info(f"Manifests in {save_folder} are up to date; skipping preparation.")
                 return manifests
 
-    _remove(options_path)  # a rebuild stopped half-way must not look up to date
+    remove(options_path)  # a rebuild stopped half-way must not look up to date
     source_key = hashlib.sha1(options["data_folder"].encode()).hexdigest()[:10]
     cache = os.path.join(save_folder, f"audio_{sample_rate}Hz_{signal_length_s}s_{source_key}")
     os.makedirs(cache, exist_ok=True)

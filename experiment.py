@@ -1,16 +1,16 @@
 """Experiment plumbing shared by the recipe scripts: command line and YAML,
-output folder, ESC-50 manifests and datasets.
+output folder, ESC-50 manifests, datasets, and the train-then-test routine.
 
 A script's ``main`` reads: ``setup_experiment`` -> ``prepare_manifests`` ->
-label mapping (``interpreter_brain.load_classifier`` for an interpreter,
-``label_encoder_from_manifest`` for a classifier being trained) ->
-``make_datasets`` -> Brain.
+label mapping (``pretrained.load_classifier`` for an interpreter,
+``pretrained.label_encoder_from_manifest`` for a model being trained) ->
+``make_datasets`` -> Brain -> ``fit_and_test``. ``run_interpreter`` is that
+sequence for every trained interpreter.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
 
 import atexit
-import json
 import os
 import shutil
 import sys
@@ -21,11 +21,11 @@ from hyperpyyaml import load_hyperpyyaml
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from contamination import interferer_pipeline
 from esc50_prepare import prepare_esc50
+from pretrained import load_classifier
 
 
 def setup_experiment(argv):
@@ -75,16 +75,6 @@ def fit_and_test(brain, datasets, min_key):
         valid_loader_kwargs=hparams.test_dataloader_opts,
     )
     brain.evaluate(datasets["test"], min_key=min_key, test_loader_kwargs=hparams.test_dataloader_opts)
-
-
-def label_encoder_from_manifest(manifest):
-    """The public recipe's label mapping: class k is the k-th category met
-    while reading the training manifest (rows of meta/esc50.csv in order)."""
-    encoder = CategoricalEncoder()
-    with open(manifest) as f:
-        entries = json.load(f)
-    encoder.update_from_iterable(entry["category"] for entry in entries.values())
-    return encoder
 
 
 def prepare_manifests(hparams):
@@ -141,3 +131,21 @@ def make_datasets(hparams, label_encoder):
         datasets["test"].add_dynamic_item(interferer_pipeline(hparams["test_annotation"], hparams["seed"]))
         datasets["test"].set_output_keys(["id", "sig", "label_encoded", "interferer_sig"])
     return datasets
+
+
+def run_interpreter(brain_class, argv):
+    """``main`` of a trained interpreter: parse the command line, prepare the
+    data, load the frozen classifier, build ``brain_class``, train (unless
+    ``--test_only``) and test the best checkpoint. Returns the Brain."""
+    hparams, run_opts = setup_experiment(argv)
+    prepare_manifests(hparams)
+    datasets = make_datasets(hparams, load_classifier(hparams))
+    brain = brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    fit_and_test(brain, datasets, brain.best_key)
+    return brain

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 import speechbrain as sb
 
 from experiment import make_datasets, prepare_manifests, setup_experiment
-from interpreter_brain import Interpretation, InterpreterBrain, load_classifier
+from interpreter_brain import Interpretation, InterpreterBrain
+from pretrained import load_classifier
 
 
 def resize_map(saliency, size):
@@ -93,29 +94,32 @@ class AMTBrain(InterpreterBrain):
         mask = threshold_mask(saliency, self.hparams.quantile)
         return Interpretation(X=X, stft=stft, logits=logits, mask=mask, aux={"saliency": saliency})
 
+    validating = False
+
     def interpreter_loss(self, result, batch, stage):
         """AMT has no training objective: 0."""
         return torch.zeros((), device=result.X.device)
 
+    def evaluate_valid(self, dataset):
+        """The validation folds through ``Brain.evaluate``, computed and
+        logged as validation (no contamination, nothing saved, metrics in
+        train_log.txt)."""
+        self.validating = True
+        try:
+            self.evaluate(dataset, test_loader_kwargs=dict(self.hparams.test_dataloader_opts))
+        finally:
+            self.validating = False
+
+    def evaluate_batch(self, batch, stage):
+        """``Brain.evaluate`` runs the TEST stage: while validating, VALID."""
+        return super().evaluate_batch(batch, sb.Stage.VALID if self.validating else stage)
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Validation: logs the metrics (no learning rate to anneal, no
         checkpoint to keep). Test: the shared test_metrics.json."""
-        if stage != sb.Stage.VALID:
+        if not self.validating:
             return super().on_stage_end(stage, stage_loss, epoch)
         self.hparams.train_logger.log_stats(stats_meta={"folds": "valid"}, valid_stats=self.reduce_metrics(stage_loss))
-
-    def evaluate_valid(self, dataset):
-        """One pass over the validation folds through the shared metrics."""
-        loader = self.make_dataloader(dataset, sb.Stage.VALID, **self.hparams.test_dataloader_opts)
-        self.on_stage_start(sb.Stage.VALID)
-        loss = 0.0
-        with torch.no_grad():
-            for self.step, batch in enumerate(loader, start=1):
-                loss = self.update_average(self.evaluate_batch(batch, sb.Stage.VALID), loss)
-                if self.debug and self.step == self.debug_batches:
-                    break
-        self.step = 0
-        self.on_stage_end(sb.Stage.VALID, loss)
 
 
 def main(argv):
@@ -127,7 +131,7 @@ def main(argv):
     brain = AMTBrain(hparams=hparams, run_opts=run_opts)
     if not brain.test_only:
         brain.evaluate_valid(datasets["valid"])
-    brain.evaluate(datasets["test"], test_loader_kwargs=hparams["test_dataloader_opts"])
+    brain.evaluate(datasets["test"], test_loader_kwargs=dict(hparams["test_dataloader_opts"]))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@
   checkpoint selection on ONE stored key, ``test_metrics.json`` and the saved
   interpretations. A method subclasses it and writes ``interpret`` and
   ``interpreter_loss``.
-* ``load_classifier``: the frozen classifier through speechbrain's Pretrainer
-  (hub id or local path), loaded strictly, with its own label mapping.
-
-Command line, YAML and datasets are in ``experiment.py``.
+The frozen classifier is loaded by ``pretrained.py``, the audio front end is
+``front_end.py``; command line, YAML, datasets and the scripts' ``main`` are
+in ``experiment.py``.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -27,26 +26,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import speechbrain as sb
-from speechbrain.dataio.encoder import CategoricalEncoder
-from speechbrain.processing.features import spectral_magnitude
-from speechbrain.utils.distributed import ddp_all_reduce, if_main_process, run_on_main
+from speechbrain.utils.distributed import ddp_all_reduce, if_main_process
 from speechbrain.utils.logger import get_logger
 
 import metrics
 from contamination import check_mode, contaminate
-from esc50_prepare import write_atomically
-from experiment import fit_and_test, label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
-from wham_prepare import WhamNoise, mix_at_0db, prepare_wham
+from fileio import write_atomically
+from front_end import interpretation_wavs, log_spectrogram
+from wham_prepare import load_wham, mix_at_0db
 
 logger = get_logger(__name__)
-
-
-def log_spectrogram(compute_stft, wavs):
-    """The front end of METHODS.md §2.
-
-    wavs [B, N] -> (X [B, T, F] = log1p |STFT|, stft [B, T, F, 2])."""
-    stft = compute_stft(wavs)
-    return torch.log1p(spectral_magnitude(stft, power=0.5)), stft
 
 
 @dataclass
@@ -263,10 +252,6 @@ class InterpreterBrain(sb.Brain):
             if any(p.requires_grad for p in module.parameters()):
                 self.modules[name] = DDP(module, find_unused_parameters=self.find_unused_parameters)
 
-    def fit_and_test(self, datasets):
-        """Trains (unless ``--test_only``) then tests the best checkpoint."""
-        fit_and_test(self, datasets, self.best_key)
-
     # ---- saved interpretations ------------------------------------------------
     def save_interpretations(self, result, batch, labels):
         """Writes, for every clip, ``interpretations/<clip id>/`` (or
@@ -281,11 +266,7 @@ class InterpreterBrain(sb.Brain):
         if self.contamination == "mixtures":
             sources = {"target.wav": batch.sig.data.float().cpu(), "interferer.wav": batch.interferer_sig.data.float().cpu()}
         subfolder = "interpretations" + ("" if self.contamination == "none" else f"_{self.contamination}")
-        stft = result.stft.float()
-        phase = torch.atan2(stft[..., 1], stft[..., 0])
-        magnitude = torch.expm1(result.X_int.float())
-        complex_int = torch.stack([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], -1)
-        wavs_int = self.hparams.compute_istft(complex_int, sig_length=wavs.shape[1]).cpu()
+        wavs_int = interpretation_wavs(self.hparams.compute_istft, result.X_int, result.stft, wavs.shape[1]).cpu()
         encoder = self.hparams.label_encoder
         for i, clip_id in enumerate(batch.id):
             plotting.save_clip(
@@ -298,86 +279,3 @@ class InterpreterBrain(sb.Brain):
                 sample_rate=self.hparams.sample_rate,
                 hop_length=self.hparams.compute_stft.hop_length,
             )
-
-def load_wham(hparams):
-    """WHAM! noise for ``add_wham_noise`` / ``eval_contamination: wham``:
-    prepared (downloaded if needed) on the main process, then cached."""
-    if not hparams.wham_folder:
-        raise ValueError(
-            "add_wham_noise / eval_contamination=wham need WHAM! noise: set --wham_folder=<folder> "
-            "(downloaded there from wham_url if it holds no tr/*.wav)."
-        )
-    run_on_main(prepare_wham, args=[hparams.wham_folder, hparams.wham_url])
-    files = prepare_wham(hparams.wham_folder, hparams.wham_url)
-    return WhamNoise(files, hparams.sample_rate, hparams.signal_length_s)
-
-
-def strict_load(module, path):
-    """Loads a state dict into ``module`` and fails unless every parameter and
-    buffer of the module is covered and every stored tensor is used (unlike
-    the Pretrainer's default, which only warns and keeps random weights)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(
-            f"Checkpoint {path} does not match {type(module).__name__}: {err}\n"
-            "Check the *_model_path keys and the architecture keys (e.g. emb_dim, out_n_neurons) "
-            "of the YAML: they must describe the model that wrote this file."
-        ) from None
-
-
-def load_classifier(hparams):
-    """Loads the frozen classifier (if ``use_pretrained``) and returns its
-    label mapping, also stored as ``hparams["label_encoder"]`` and written
-    to ``<save_folder>/label_encoder.txt``.
-
-    The weights come through ``hparams["pretrainer"]`` (hub id or local path)
-    and are loaded strictly. The mapping is ``label_encoder.txt`` beside the
-    classifier checkpoint if there is one (written by train_classifier.py),
-    else the order of the training manifest (how the public checkpoints were
-    trained). It must have exactly ``out_n_neurons`` classes.
-    """
-    source = None
-    if hparams["use_pretrained"]:
-        pretrainer = hparams["pretrainer"]
-        run_on_main(pretrainer.collect_files)
-        paths = pretrainer.collect_files()
-        for name, path in paths.items():
-            strict_load(pretrainer.loadables[name], path)
-        beside = os.path.join(os.path.dirname(os.path.realpath(paths["classifier"])), "label_encoder.txt")
-        source = beside if os.path.isfile(beside) else None
-    if source is not None:
-        encoder = CategoricalEncoder()
-        encoder.load(source)
-    else:
-        source = hparams["train_annotation"]
-        encoder = label_encoder_from_manifest(source)
-    if len(encoder) != hparams["out_n_neurons"]:
-        raise ValueError(
-            f"The classifier has out_n_neurons={hparams['out_n_neurons']} outputs but its label "
-            f"mapping ({source}) has {len(encoder)} classes. Set --out_n_neurons {len(encoder)}."
-        )
-    encoder.expect_len(len(encoder))
-    logger.info(f"Classifier label mapping from {source}: {len(encoder)} classes")
-    if if_main_process():
-        encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
-    hparams["label_encoder"] = encoder
-    return encoder
-
-
-def run_interpreter(brain_class, argv):
-    """``main`` of a trained interpreter: parse the command line, prepare the
-    data, load the frozen classifier, build ``brain_class``, train (unless
-    ``--test_only``) and test the best checkpoint."""
-    hparams, run_opts = setup_experiment(argv)
-    prepare_manifests(hparams)
-    datasets = make_datasets(hparams, load_classifier(hparams))
-    brain = brain_class(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.fit_and_test(datasets)

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import librosa.display  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from esc50_prepare import write_atomically  # noqa: E402
+from fileio import write_atomically  # noqa: E402
 
 
 def save_clip(folder, audios, X, mask, true_class, predicted_class, sample_rate, hop_length):

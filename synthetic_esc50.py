@@ -20,7 +20,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from esc50_prepare import write_atomically
+from fileio import write_atomically
 
 CSV_FIELDS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 

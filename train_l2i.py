@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 import speechbrain as sb
 
-from interpreter_brain import Interpretation, InterpreterBrain, run_interpreter
+from experiment import run_interpreter
+from interpreter_brain import Interpretation, InterpreterBrain
 
 
 def relevant_mask(H, X_hat, classes, theta, nmf_decoder, relevance_th, eps=1e-10):

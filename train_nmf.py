@@ -26,9 +26,10 @@ import torch.nn.functional as F
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process
 
-from esc50_prepare import write_atomically
-from experiment import fit_and_test, label_encoder_from_manifest, make_datasets, prepare_manifests, setup_experiment
-from interpreter_brain import log_spectrogram
+from experiment import fit_and_test, make_datasets, prepare_manifests, setup_experiment
+from fileio import write_atomically
+from front_end import log_spectrogram
+from pretrained import label_encoder_from_manifest
 
 
 class NMFBrain(sb.Brain):

@@ -17,7 +17,8 @@ import sys
 
 import torch.nn.functional as F
 
-from interpreter_brain import Interpretation, InterpreterBrain, run_interpreter
+from experiment import run_interpreter
+from interpreter_brain import Interpretation, InterpreterBrain
 
 
 class PIQBrain(InterpreterBrain):

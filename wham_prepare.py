@@ -18,7 +18,7 @@ Decisions a user may want to know:
   A folder that already holds WHAM! noise (``tr/``, ``cv/``, ``tt/``,
   ``metadata/``) is used as is; so is its parent when the archive was unzipped
   there (``<wham_folder>/wham_noise/tr``), so as not to fetch 17 GB again.
-* Download, verification and unpacking are ``esc50_prepare.download_and_extract``:
+* Download, verification and unpacking are ``fileio.download_and_extract``:
   a failed or interrupted download leaves nothing but leftovers that the next
   run removes. The archive counts as WHAM! noise when it holds
   ``metadata/noise_meta_tr.csv`` (present in the official archive); every
@@ -39,9 +39,11 @@ import urllib.error
 
 import torch
 
+from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
-from esc50_prepare import download_and_extract, load_clip, peak_normalize
+from fileio import download_and_extract
+from front_end import load_clip, peak_normalize
 
 logger = get_logger(__name__)
 
@@ -125,7 +127,7 @@ def prepare_wham(wham_folder, url=WHAM_URL, sha256=None):
 class WhamNoise(torch.utils.data.Dataset):
     """The WHAM! ``tr`` clips, loaded like the recipe's ESC-50 clips.
 
-    Each clip goes through ``esc50_prepare.load_clip`` (downmix to mono,
+    Each clip goes through ``front_end.load_clip`` (downmix to mono,
     resample to ``sample_rate``, pad/crop to ``signal_length_s``, divide by
     max|x| + eps) on first use only, then stays in memory.
 
@@ -232,3 +234,17 @@ def mix_at_0db(signals, noise, eps=1e-8):
     noise = noise.to(device=signals.device, dtype=signals.dtype)
     mix = signals / (signals.norm(dim=-1, keepdim=True) + eps) + noise / (noise.norm(dim=-1, keepdim=True) + eps)
     return peak_normalize(mix, eps)
+
+
+def load_wham(hparams):
+    """WHAM! noise for ``add_wham_noise`` / ``eval_contamination: wham``:
+    prepared (downloaded if needed) on the main process, then listed on every
+    process. Returns a ``WhamNoise`` at the recipe's rate and length."""
+    if not hparams.wham_folder:
+        raise ValueError(
+            "add_wham_noise / eval_contamination=wham need WHAM! noise: set --wham_folder=<folder> "
+            "(downloaded there from wham_url if it holds no tr/*.wav)."
+        )
+    run_on_main(prepare_wham, args=[hparams.wham_folder, hparams.wham_url])
+    files = prepare_wham(hparams.wham_folder, hparams.wham_url)
+    return WhamNoise(files, hparams.sample_rate, hparams.signal_length_s)

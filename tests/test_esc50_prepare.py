@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import esc50_prepare
+import fileio
 import synthetic_esc50
-from esc50_prepare import load_clip, prepare_esc50
+from esc50_prepare import prepare_esc50
+from front_end import load_clip
 from http_fixtures import serve_archives
 
 CLIPS_PER_FOLD = 2
@@ -233,7 +234,7 @@ def test_checksum(server, archives, source, tmp_path):
 
 def test_download_and_extract_checksum_is_case_insensitive(server, archives, tmp_path):
     good_sha = hashlib.sha256(archives["/good.zip"][0]).hexdigest()
-    esc50_prepare.download_and_extract(
+    fileio.download_and_extract(
         server.url("/good.zip"), str(tmp_path / "d"), "meta/esc50.csv", sha256=good_sha.upper()
     )
     assert (tmp_path / "d" / "meta" / "esc50.csv").is_file()

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-import esc50_prepare
+import front_end
 import wham_prepare
 from http_fixtures import serve_archives
 from wham_prepare import WhamNoise, mix_at_0db, prepare_wham
@@ -238,7 +238,7 @@ def test_clips_are_16k_fixed_length_peak_normalised(noise_set, source):
     assert np.abs(long[-2000:]).max() > 0.9
     assert _dominant_hz(long, SR) == pytest.approx(1000.0, abs=1.0)
     # Same processing as the ESC-50 clips.
-    ref = esc50_prepare.load_clip(str(source / "tr" / "b_exact.wav"), SR, LENGTH_S).numpy()
+    ref = front_end.load_clip(str(source / "tr" / "b_exact.wav"), SR, LENGTH_S).numpy()
     np.testing.assert_array_equal(exact, ref)
 
 
