@@ -27,7 +27,9 @@ class Conv2dBackbone(torch.nn.Module):
     def forward(self, X):
         """X [B, T, F] -> (hidden [B, D, T', F'], logits [B, C])."""
         hidden = self.embedding_model(X)
-        return hidden, self.classifier(hidden.mean((-1, -2)).unsqueeze(1)).squeeze(1)
+        return hidden, self.classifier(
+            hidden.mean((-1, -2)).unsqueeze(1)
+        ).squeeze(1)
 
 
 class Cnn14Backbone(torch.nn.Module):
@@ -56,7 +58,11 @@ def spectrogram_as_image(X, image_size):
     antialiasing, as torchvision's ``resize`` of a tensor) repeated to the
     three channels an ImageNet architecture expects (METHODS.md §3)."""
     image = torch.nn.functional.interpolate(
-        X.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        X.unsqueeze(1),
+        size=(image_size, image_size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
     )
     return image.expand(-1, 3, -1, -1)
 
@@ -101,14 +107,18 @@ class FocalNetBackbone(torch.nn.Module):
         """X [B, T, F] -> (last feature map [B, D, h, w], logits [B, C])."""
         image = spectrogram_as_image(X, self.embedding_model.config.image_size)
         hidden = self.embedding_model(image).feature_maps[-1]
-        return hidden, self.classifier(hidden.mean((-1, -2)).unsqueeze(1)).squeeze(1)
+        return hidden, self.classifier(
+            hidden.mean((-1, -2)).unsqueeze(1)
+        ).squeeze(1)
 
     def activation_maps(self, X):
         """X [B, T, F] -> (list of modulator norms [B, h_s, w_s], one per
         encoder stage, shallowest first; logits [B, C])."""
         modulators = []
         hooks = [
-            stage.layers[-1].modulation.projection_context.register_forward_hook(
+            stage.layers[
+                -1
+            ].modulation.projection_context.register_forward_hook(
                 lambda module, inputs, output: modulators.append(output)
             )
             for stage in self.embedding_model.focalnet.encoder.stages
@@ -156,14 +166,21 @@ class ViTBackbone(torch.nn.Module):
     def encode(self, X, output_attentions=False):
         """X [B, T, F] -> (ViT output, logits [B, C])."""
         image = spectrogram_as_image(X, self.embedding_model.config.image_size)
-        output = self.embedding_model(image, output_attentions=output_attentions)
-        return output, self.classifier(output.last_hidden_state.mean(1, keepdim=True)).squeeze(1)
+        output = self.embedding_model(
+            image, output_attentions=output_attentions
+        )
+        return output, self.classifier(
+            output.last_hidden_state.mean(1, keepdim=True)
+        ).squeeze(1)
 
     def forward(self, X):
         """X [B, T, F] -> (patch tokens [B, D, g, g], logits [B, C])."""
         output, logits = self.encode(X)
         patches = output.last_hidden_state[:, 1:].transpose(1, 2)
-        grid = self.embedding_model.config.image_size // self.embedding_model.config.patch_size
+        grid = (
+            self.embedding_model.config.image_size
+            // self.embedding_model.config.patch_size
+        )
         return patches.reshape(len(patches), -1, grid, grid), logits
 
     def activation_maps(self, X):
@@ -173,10 +190,19 @@ class ViTBackbone(torch.nn.Module):
             raise RuntimeError(
                 "The ViT returned no attention maps: build its ViTConfig with attn_implementation: eager."
             )
-        attention = output.attentions[-1][:, :, 0]  # [B, heads, keys]: the CLS token's query
+        attention = output.attentions[-1][
+            :, :, 0
+        ]  # [B, heads, keys]: the CLS token's query
         assert attention.numel() > 0, "empty ViT attention map"
-        assert torch.allclose(attention.float().sum(-1), attention.new_ones(attention.shape[:2]).float(), atol=1e-2), (
-            "ViT attention does not sum to one over keys"
+        assert torch.allclose(
+            attention.float().sum(-1),
+            attention.new_ones(attention.shape[:2]).float(),
+            atol=1e-2,
+        ), "ViT attention does not sum to one over keys"
+        grid = (
+            self.embedding_model.config.image_size
+            // self.embedding_model.config.patch_size
         )
-        grid = self.embedding_model.config.image_size // self.embedding_model.config.patch_size
-        return [attention[..., 1:].mean(1).reshape(len(attention), grid, grid)], logits
+        return [
+            attention[..., 1:].mean(1).reshape(len(attention), grid, grid)
+        ], logits

@@ -15,12 +15,11 @@ import json
 import random
 
 import numpy as np
+import speechbrain as sb
 import torch
 
-import speechbrain as sb
-
 from front_end import peak_normalize
-from wham_prepare import mix_at_0db
+from wham_prepare import load_wham, mix_at_0db
 
 MODES = ("none", "mixtures", "white_noise", "wham")
 TARGET_GAIN, INTERFERER_GAIN = 0.8, 0.2
@@ -29,7 +28,9 @@ TARGET_GAIN, INTERFERER_GAIN = 0.8, 0.2
 def check_mode(mode):
     """Raises a ValueError naming the key unless ``mode`` is one of MODES."""
     if mode not in MODES:
-        raise ValueError(f"eval_contamination={mode!r}: use one of {', '.join(MODES)}.")
+        raise ValueError(
+            f"eval_contamination={mode!r}: use one of {', '.join(MODES)}."
+        )
 
 
 def mix_gains(target, interferer, eps=1e-8):
@@ -48,9 +49,15 @@ def interferer_pipeline(manifest, seed):
     @sb.utils.data_pipeline.takes("id", "category")
     @sb.utils.data_pipeline.provides("interferer_sig")
     def pipeline(clip_id, category):
-        candidates = sorted(other for other, entry in entries.items() if entry["category"] != category)
+        candidates = sorted(
+            other
+            for other, entry in entries.items()
+            if entry["category"] != category
+        )
         if not candidates:
-            raise ValueError(f"eval_contamination=mixtures: {manifest} has no clip of another class than '{category}'.")
+            raise ValueError(
+                f"eval_contamination=mixtures: {manifest} has no clip of another class than '{category}'."
+            )
         chosen = random.Random(f"{seed}-{clip_id}").choice(candidates)
         return torch.from_numpy(np.load(entries[chosen]["wav"]))
 
@@ -88,3 +95,42 @@ def contaminate(mode, wavs, interferers=None, wham=None, generator=None):
     else:
         noise = wham.sample_batch(wavs.shape[0], generator)
     return mix_at_0db(wavs, noise)
+
+
+class InputContamination:
+    """The clips as the brain interprets them: with ``add_wham_noise``,
+    training batches mixed with WHAM! noise at 0 dB; with
+    ``eval_contamination``, test batches contaminated (``contaminate``);
+    every other batch as loaded.
+
+    Arguments
+    ---------
+    hparams : speechbrain hparams namespace
+        ``eval_contamination``, ``add_wham_noise``, ``seed`` and, when WHAM!
+        noise is needed, ``wham_folder``, ``wham_url``, ``sample_rate``,
+        ``signal_length_s``.
+    """
+
+    def __init__(self, hparams):
+        self.mode = hparams.eval_contamination
+        check_mode(self.mode)
+        # in the names of what a contaminated test writes
+        self.suffix = "" if self.mode == "none" else f"_{self.mode}"
+        self.add_wham_noise = hparams.add_wham_noise
+        self.generator = torch.Generator().manual_seed(hparams.seed)
+        needs_wham = self.mode == "wham" or self.add_wham_noise
+        self.wham = load_wham(hparams) if needs_wham else None
+
+    def __call__(self, batch, stage):
+        """[B, N] waveforms of ``batch`` for ``stage``."""
+        wavs = batch.sig.data
+        if stage == sb.Stage.TRAIN and self.add_wham_noise:
+            noise = self.wham.sample_batch(len(wavs), self.generator)
+            return mix_at_0db(wavs, noise)
+        if stage == sb.Stage.TEST and self.mode != "none":
+            mixtures = self.mode == "mixtures"
+            interferers = batch.interferer_sig.data if mixtures else None
+            return contaminate(
+                self.mode, wavs, interferers, self.wham, self.generator
+            )
+        return wavs

@@ -25,9 +25,9 @@ import subprocess
 import sys
 
 import numpy as np
+from speechbrain.utils.logger import get_logger
 
 import synthetic_esc50
-from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -42,34 +42,90 @@ def run(*command):
 def main():
     """Generate, train the classifier, train PIQ, test, report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output_folder", default=os.path.join(ROOT, "results", "demo"))
+    parser.add_argument(
+        "--output_folder", default=os.path.join(ROOT, "results", "demo")
+    )
     parser.add_argument("--classifier_epochs", type=int, default=15)
     parser.add_argument("--piq_epochs", type=int, default=10)
     args = parser.parse_args()
     out = os.path.abspath(args.output_folder)
-    data, classifier, piq = (os.path.join(out, name) for name in ("data", "classifier", "piq"))
+    data, classifier, piq = (
+        os.path.join(out, name) for name in ("data", "classifier", "piq")
+    )
     n_classes = 4
     if not os.path.isfile(os.path.join(data, "meta", "esc50.csv")):
         synthetic_esc50.generate(data, n_classes=n_classes, clips_per_fold=8)
-    small = ["--emb_dim", 32, "--out_n_neurons", n_classes, "--device", "cpu", "--noprogressbar"]
-    run("train_classifier.py", "hparams/classifier_conv2d.yaml", "--data_folder", data, "--output_folder", classifier,
-        "--number_of_epochs", args.classifier_epochs, "--batch_size", 8, *small)
+    small = [
+        "--emb_dim",
+        32,
+        "--out_n_neurons",
+        n_classes,
+        "--device",
+        "cpu",
+        "--noprogressbar",
+    ]
+    run(
+        "train_classifier.py",
+        "hparams/classifier_conv2d.yaml",
+        "--data_folder",
+        data,
+        "--output_folder",
+        classifier,
+        "--number_of_epochs",
+        args.classifier_epochs,
+        "--batch_size",
+        8,
+        *small,
+    )
     # PIQ: small batches give the decoder enough steps; the mask BCE weighs more than the VQ terms
-    piq_args = ["hparams/piq.yaml", "--data_folder", data, "--output_folder", piq, "--K", 128, "--lr", 0.001,
-                "--rec_loss_coef", 10, "--embedding_model_path", os.path.join(classifier, "embedding_model.ckpt"),
-                "--classifier_model_path", os.path.join(classifier, "classifier.ckpt"),
-                "--batch_size", 2, *small]
-    run("train_piq.py", *piq_args, "--number_of_epochs", args.piq_epochs, "--save_interpretations", False)
-    run("train_piq.py", *piq_args, "--number_of_epochs", args.piq_epochs, "--test_only")
+    piq_args = [
+        "hparams/piq.yaml",
+        "--data_folder",
+        data,
+        "--output_folder",
+        piq,
+        "--K",
+        128,
+        "--lr",
+        0.001,
+        "--rec_loss_coef",
+        10,
+        "--embedding_model_path",
+        os.path.join(classifier, "embedding_model.ckpt"),
+        "--classifier_model_path",
+        os.path.join(classifier, "classifier.ckpt"),
+        "--batch_size",
+        2,
+        *small,
+    ]
+    run(
+        "train_piq.py",
+        *piq_args,
+        "--number_of_epochs",
+        args.piq_epochs,
+        "--save_interpretations",
+        False,
+    )
+    run(
+        "train_piq.py",
+        *piq_args,
+        "--number_of_epochs",
+        args.piq_epochs,
+        "--test_only",
+    )
 
     with open(os.path.join(piq, "test_metrics.json")) as f:
         test_metrics = json.load(f)
     with open(os.path.join(data, "meta", "evidence.json")) as f:
         evidence = json.load(f)
     shares, areas = [], []
-    for mask_file in sorted(glob.glob(os.path.join(piq, "interpretations", "*", "mask.npy"))):
+    for mask_file in sorted(
+        glob.glob(os.path.join(piq, "interpretations", "*", "mask.npy"))
+    ):
         clip = os.path.basename(os.path.dirname(mask_file)) + ".wav"
-        share, area = synthetic_esc50.evidence_mass(np.load(mask_file), evidence[clip])
+        share, area = synthetic_esc50.evidence_mass(
+            np.load(mask_file), evidence[clip]
+        )
         shares.append(share)
         areas.append(area)
     report = {
@@ -80,13 +136,20 @@ def main():
     }
     with open(os.path.join(out, "demo_report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    lines = [f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}" for k, v in test_metrics.items()]
+    lines = [
+        f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}"
+        for k, v in test_metrics.items()
+    ]
     logger.info(
         "Demo finished.\nTest metrics (%s):\n%s\nMask mass on the planted evidence: %.1f%% "
         "(the evidence covers %.1f%% of the spectrogram)\nListen and look: %s/<clip>/"
         "{original.wav,interpretation.wav,spectra.png,mask.npy}\nReport: %s",
-        os.path.join(piq, "test_metrics.json"), "\n".join(lines), 100 * report["mask_mass_on_evidence"],
-        100 * report["evidence_area_share"], report["interpretations"], os.path.join(out, "demo_report.json"),
+        os.path.join(piq, "test_metrics.json"),
+        "\n".join(lines),
+        100 * report["mask_mass_on_evidence"],
+        100 * report["evidence_area_share"],
+        report["interpretations"],
+        os.path.join(out, "demo_report.json"),
     )
 
 

@@ -24,7 +24,6 @@ import json
 import os
 
 import numpy as np
-
 from speechbrain.utils.logger import get_logger
 
 from fileio import download_and_extract, remove, write_atomically
@@ -47,10 +46,20 @@ def check_folds(train_fold_nums, valid_fold_nums, test_fold_nums, n_folds=5):
     }
     for key, nums in folds.items():
         if not isinstance(nums, (list, tuple)) or not nums:
-            raise ValueError(f"{key}={nums!r}: give a non-empty list of folds, e.g. [1, 2, 3].")
-        bad = [n for n in nums if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= n_folds]
+            raise ValueError(
+                f"{key}={nums!r}: give a non-empty list of folds, e.g. [1, 2, 3]."
+            )
+        bad = [
+            n
+            for n in nums
+            if isinstance(n, bool)
+            or not isinstance(n, int)
+            or not 1 <= n <= n_folds
+        ]
         if bad:
-            raise ValueError(f"{key}={list(nums)}: folds {bad} are not integers in 1..{n_folds}.")
+            raise ValueError(
+                f"{key}={list(nums)}: folds {bad} are not integers in 1..{n_folds}."
+            )
     keys = list(folds)
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
@@ -101,30 +110,49 @@ def prepare_esc50(
         split -> manifest path.
     """
     check_folds(train_fold_nums, valid_fold_nums, test_fold_nums)
-    train_fold_nums, valid_fold_nums, test_fold_nums = map(list, (train_fold_nums, valid_fold_nums, test_fold_nums))
+    train_fold_nums, valid_fold_nums, test_fold_nums = map(
+        list, (train_fold_nums, valid_fold_nums, test_fold_nums)
+    )
     if not os.path.isfile(os.path.join(data_folder, ESC50_CSV)):
         download_and_extract(url, data_folder, "meta/esc50.csv", sha256)
 
     os.makedirs(save_folder, exist_ok=True)
-    given = {"train": save_json_train, "valid": save_json_valid, "test": save_json_test}
-    manifests = {split: given[split] or os.path.join(save_folder, f"{split}.json") for split in SPLITS}
+    given = {
+        "train": save_json_train,
+        "valid": save_json_valid,
+        "test": save_json_test,
+    }
+    manifests = {
+        split: given[split] or os.path.join(save_folder, f"{split}.json")
+        for split in SPLITS
+    }
     options = {
         "data_folder": os.path.abspath(data_folder),
-        "folds": {"train": train_fold_nums, "valid": valid_fold_nums, "test": test_fold_nums},
+        "folds": {
+            "train": train_fold_nums,
+            "valid": valid_fold_nums,
+            "test": test_fold_nums,
+        },
         "sample_rate": sample_rate,
         "signal_length_s": signal_length_s,
         "manifests": manifests,
     }
     options_path = os.path.join(save_folder, "esc50_prepare.json")
-    if all(map(os.path.isfile, manifests.values())) and os.path.isfile(options_path):
+    if all(map(os.path.isfile, manifests.values())) and os.path.isfile(
+        options_path
+    ):
         with open(options_path) as f:
             if json.load(f) == options:
-                logger.info(f"Manifests in {save_folder} are up to date; skipping preparation.")
+                logger.info(
+                    f"Manifests in {save_folder} are up to date; skipping preparation."
+                )
                 return manifests
 
     remove(options_path)  # a rebuild stopped half-way must not look up to date
     source_key = hashlib.sha1(options["data_folder"].encode()).hexdigest()[:10]
-    cache = os.path.join(save_folder, f"audio_{sample_rate}Hz_{signal_length_s}s_{source_key}")
+    cache = os.path.join(
+        save_folder, f"audio_{sample_rate}Hz_{signal_length_s}s_{source_key}"
+    )
     os.makedirs(cache, exist_ok=True)
     rows = read_metadata(data_folder)
     for split, folds in options["folds"].items():
@@ -149,7 +177,11 @@ def prepare_esc50(
                 "category": row["category"],
                 "target": int(row["target"]),
             }
-        write_atomically(manifests[split], lambda f: json.dump(entries, f, indent=1))
-        logger.info(f"{split}: {len(entries)} clips from folds {folds} -> {manifests[split]}")
+        write_atomically(
+            manifests[split], lambda f: json.dump(entries, f, indent=1)
+        )
+        logger.info(
+            f"{split}: {len(entries)} clips from folds {folds} -> {manifests[split]}"
+        )
     write_atomically(options_path, lambda f: json.dump(options, f))
     return manifests

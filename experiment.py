@@ -16,10 +16,9 @@ import shutil
 import sys
 
 import numpy as np
+import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-
-import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -45,9 +44,16 @@ def setup_experiment(argv):
         # tear the process group down before the interpreter exits: left to
         # process teardown, gloo's threads can abort the process (SIGABRT)
         atexit.register(torch.distributed.destroy_process_group)
-    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
+    sb.create_experiment_directory(
+        hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
     if if_main_process() and getattr(sys.modules["__main__"], "__file__", None):
-        shutil.copy(os.path.realpath(sys.modules["__main__"].__file__), hparams["output_folder"])
+        shutil.copy(
+            os.path.realpath(sys.modules["__main__"].__file__),
+            hparams["output_folder"],
+        )
     return hparams, run_opts
 
 
@@ -74,7 +80,11 @@ def fit_and_test(brain, datasets, min_key):
         train_loader_kwargs=hparams.train_dataloader_opts,
         valid_loader_kwargs=hparams.test_dataloader_opts,
     )
-    brain.evaluate(datasets["test"], min_key=min_key, test_loader_kwargs=hparams.test_dataloader_opts)
+    brain.evaluate(
+        datasets["test"],
+        min_key=min_key,
+        test_loader_kwargs=hparams.test_dataloader_opts,
+    )
 
 
 def prepare_manifests(hparams):
@@ -121,15 +131,26 @@ def make_datasets(hparams, label_encoder):
             )
         yield torch.LongTensor([label_encoder.encode_label(category)])
 
-    manifests = {"train": hparams["train_annotation"], "valid": hparams["valid_annotation"],
-                 "test": hparams["test_annotation"]}
+    manifests = {
+        "train": hparams["train_annotation"],
+        "valid": hparams["valid_annotation"],
+        "test": hparams["test_annotation"],
+    }
     datasets = {
-        split: DynamicItemDataset.from_json(path, dynamic_items=[pipeline], output_keys=["id", "sig", "label_encoded"])
+        split: DynamicItemDataset.from_json(
+            path,
+            dynamic_items=[pipeline],
+            output_keys=["id", "sig", "label_encoded"],
+        )
         for split, path in manifests.items()
     }
     if hparams.get("eval_contamination") == "mixtures":
-        datasets["test"].add_dynamic_item(interferer_pipeline(hparams["test_annotation"], hparams["seed"]))
-        datasets["test"].set_output_keys(["id", "sig", "label_encoded", "interferer_sig"])
+        datasets["test"].add_dynamic_item(
+            interferer_pipeline(hparams["test_annotation"], hparams["seed"])
+        )
+        datasets["test"].set_output_keys(
+            ["id", "sig", "label_encoded", "interferer_sig"]
+        )
     return datasets
 
 

@@ -1,7 +1,8 @@
 """Files written and fetched safely: atomic writes, and a verified
 download-and-unpack used by ESC-50 and WHAM! preparation alike.
 
-* ``write_atomically``: a reader never sees a half-written file.
+* ``write_atomically`` (and ``write_json``): a reader never sees a
+  half-written file.
 * ``download_and_extract``: a zip archive streamed with a progress bar,
   checked (byte count, optional SHA-256, CRC-32 of every member) and moved
   into place entry by entry, the entry holding the completion marker last.
@@ -12,15 +13,15 @@ Authors: the ESC-50 interpretability recipe developers.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import urllib.error
 import urllib.request
 import zipfile
 
-from tqdm import tqdm
-
 from speechbrain.utils.logger import get_logger
+from tqdm import tqdm
 
 logger = get_logger(__name__)
 
@@ -50,6 +51,11 @@ def write_atomically(path, write_fn, mode="w"):
             os.remove(tmp)
 
 
+def write_json(path, data, indent=2):
+    """Writes ``data`` as JSON to ``path``, atomically."""
+    write_atomically(path, lambda f: json.dump(data, f, indent=indent))
+
+
 def remove(*paths):
     """Removes the files or folders among ``paths`` that exist."""
     for path in paths:
@@ -64,16 +70,23 @@ def _download(url, dest, expected_sha256=None):
     against Content-Length and, if given, the SHA-256. Returns the hex digest."""
     sha = hashlib.sha256()
     size = 0
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+    with (
+        urllib.request.urlopen(url, timeout=60) as response,
+        open(dest, "wb") as out,
+    ):
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(url)) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=os.path.basename(url)
+        ) as bar:
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 sha.update(chunk)
                 size += len(chunk)
                 bar.update(len(chunk))
     if total is not None and size != total:
-        raise IOError(f"Download of {url} is truncated: got {size} of {total} bytes. Run again to retry.")
+        raise IOError(
+            f"Download of {url} is truncated: got {size} of {total} bytes. Run again to retry."
+        )
     digest = sha.hexdigest()
     if expected_sha256 and digest != expected_sha256.lower():
         raise IOError(
@@ -113,18 +126,30 @@ def download_and_extract(url, data_folder, marker, sha256=None):
         try:
             digest = _download(url, part, sha256)
         except urllib.error.URLError as err:
-            raise IOError(f"Cannot download {url} into {data_folder}: {err}. Check the URL and the network.") from err
+            raise IOError(
+                f"Cannot download {url} into {data_folder}: {err}. Check the URL and the network."
+            ) from err
         try:
             with zipfile.ZipFile(part) as archive:
                 broken = archive.testzip()
                 if broken is not None:
-                    raise IOError(f"Archive from {url} has a corrupt member {broken} (CRC-32 mismatch).")
+                    raise IOError(
+                        f"Archive from {url} has a corrupt member {broken} (CRC-32 mismatch)."
+                    )
                 archive.extractall(scratch)
         except zipfile.BadZipFile as err:
-            raise IOError(f"Archive from {url} is not a valid zip ({err}). Run again to retry.") from err
-        roots = [root for root, _, _ in os.walk(scratch) if os.path.isfile(os.path.join(root, marker))]
+            raise IOError(
+                f"Archive from {url} is not a valid zip ({err}). Run again to retry."
+            ) from err
+        roots = [
+            root
+            for root, _, _ in os.walk(scratch)
+            if os.path.isfile(os.path.join(root, marker))
+        ]
         if not roots:
-            raise IOError(f"Archive from {url} has no {marker}; is the URL right?")
+            raise IOError(
+                f"Archive from {url} has no {marker}; is the URL right?"
+            )
         root = roots[0]
         top = marker.split("/")[0]
         entries = sorted(os.listdir(root), key=lambda e: e == top)

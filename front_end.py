@@ -16,7 +16,6 @@ import functools
 import soundfile as sf
 import torch
 import torchaudio
-
 from speechbrain.processing.features import spectral_magnitude
 
 
@@ -90,5 +89,7 @@ def interpretation_wavs(compute_istft, X_int, stft, n_samples):
     stft = stft.float()
     phase = torch.atan2(stft[..., 1], stft[..., 0])
     magnitude = torch.expm1(X_int.float())
-    spectrum = torch.stack([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], -1)
+    spectrum = torch.stack(
+        [magnitude * torch.cos(phase), magnitude * torch.sin(phase)], -1
+    )
     return compute_istft(spectrum, sig_length=n_samples)

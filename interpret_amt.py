@@ -20,10 +20,9 @@ Authors: the ESC-50 interpretability recipe developers.
 
 import sys
 
+import speechbrain as sb
 import torch
 import torch.nn.functional as F
-
-import speechbrain as sb
 
 from experiment import make_datasets, prepare_manifests, setup_experiment
 from interpreter_brain import Interpretation, InterpreterBrain
@@ -32,7 +31,12 @@ from pretrained import load_classifier
 
 def resize_map(saliency, size):
     """saliency [B, h, w] -> [B, T, F] = ``size``, bilinear."""
-    return F.interpolate(saliency.float().unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+    return F.interpolate(
+        saliency.float().unsqueeze(1),
+        size=tuple(size),
+        mode="bilinear",
+        align_corners=False,
+    ).squeeze(1)
 
 
 def threshold_mask(saliency, quantile):
@@ -92,7 +96,9 @@ class AMTBrain(InterpreterBrain):
         """
         saliency = resize_map(hidden[-1], X.shape[-2:])
         mask = threshold_mask(saliency, self.hparams.quantile)
-        return Interpretation(X=X, stft=stft, logits=logits, mask=mask, aux={"saliency": saliency})
+        return Interpretation(
+            X=X, stft=stft, logits=logits, mask=mask, aux={"saliency": saliency}
+        )
 
     validating = False
 
@@ -106,20 +112,28 @@ class AMTBrain(InterpreterBrain):
         train_log.txt)."""
         self.validating = True
         try:
-            self.evaluate(dataset, test_loader_kwargs=dict(self.hparams.test_dataloader_opts))
+            self.evaluate(
+                dataset,
+                test_loader_kwargs=dict(self.hparams.test_dataloader_opts),
+            )
         finally:
             self.validating = False
 
     def evaluate_batch(self, batch, stage):
         """``Brain.evaluate`` runs the TEST stage: while validating, VALID."""
-        return super().evaluate_batch(batch, sb.Stage.VALID if self.validating else stage)
+        return super().evaluate_batch(
+            batch, sb.Stage.VALID if self.validating else stage
+        )
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Validation: logs the metrics (no learning rate to anneal, no
         checkpoint to keep). Test: the shared test_metrics.json."""
         if not self.validating:
             return super().on_stage_end(stage, stage_loss, epoch)
-        self.hparams.train_logger.log_stats(stats_meta={"folds": "valid"}, valid_stats=self.reduce_metrics(stage_loss))
+        self.hparams.train_logger.log_stats(
+            stats_meta={"folds": "valid"},
+            valid_stats=self.reduce_metrics(stage_loss),
+        )
 
 
 def main(argv):
@@ -131,7 +145,10 @@ def main(argv):
     brain = AMTBrain(hparams=hparams, run_opts=run_opts)
     if not brain.test_only:
         brain.evaluate_valid(datasets["valid"])
-    brain.evaluate(datasets["test"], test_loader_kwargs=dict(hparams["test_dataloader_opts"]))
+    brain.evaluate(
+        datasets["test"],
+        test_loader_kwargs=dict(hparams["test_dataloader_opts"]),
+    )
 
 
 if __name__ == "__main__":

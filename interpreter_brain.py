@@ -1,39 +1,35 @@
 """What every interpretation method of the recipe shares.
 
-* ``Interpretation``: the one typed result that every method's ``interpret``
-  returns, so metrics, plots and saved files never unpack method-specific tuples.
-* ``InterpreterBrain``: a ``speechbrain.Brain`` holding the front end (log1p
-  STFT magnitude, METHODS.md §2), the frozen classifier (METHODS.md §3), the
-  metrics of METHODS.md §5 accumulated over validation and test, DDP reduction,
-  checkpoint selection on ONE stored key, ``test_metrics.json`` and the saved
-  interpretations. A method subclasses it and writes ``interpret`` and
-  ``interpreter_loss``.
-The frozen classifier is loaded by ``pretrained.py``, the audio front end is
-``front_end.py``; command line, YAML, datasets and the scripts' ``main`` are
-in ``experiment.py``.
+* ``Interpretation``: the one typed result that every method's
+  ``interpret`` returns, so metrics, plots and saved files never unpack
+  method-specific tuples.
+* ``InterpreterBrain``: a ``speechbrain.Brain`` running the front end
+  (``front_end.py``) and the frozen classifier (``pretrained.py``) once per
+  batch, accumulating the metrics (``metrics.py``) over validation and test,
+  selecting the checkpoint on ONE stored key, writing ``test_metrics.json``
+  and the saved interpretations. A method subclasses it and writes
+  ``interpret`` and ``interpreter_loss``.
+
+Command line, YAML, datasets and the scripts' ``main``: ``experiment.py``.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
+import speechbrain as sb
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
-
-import speechbrain as sb
-from speechbrain.utils.distributed import ddp_all_reduce, if_main_process
+from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 import metrics
-from contamination import check_mode, contaminate
-from fileio import write_atomically
+from contamination import InputContamination
+from distributed import ShardedEvaluation, sum_over_processes, world_size
+from fileio import write_json
 from front_end import interpretation_wavs, log_spectrogram
-from wham_prepare import load_wham, mix_at_0db
 
 logger = get_logger(__name__)
 
@@ -81,7 +77,7 @@ class Interpretation:
         return self.mask * self.X
 
 
-class InterpreterBrain(sb.Brain):
+class InterpreterBrain(ShardedEvaluation, sb.Brain):
     """Base Brain of every interpreter: front end, frozen classifier, metrics.
 
     Subclasses implement:
@@ -89,41 +85,36 @@ class InterpreterBrain(sb.Brain):
     * ``interpreter_loss(result, batch, stage) -> torch.Tensor`` (scalar)
 
     Expected hparams: ``compute_stft``, ``compute_istft``, ``backbone``
-    (``backbones.py``), ``pretrainer``, ``label_encoder`` (set by the script), ``sample_rate``,
-    ``output_folder``, ``save_interpretations``, ``train_logger``,
-    ``lr_annealing``, ``channels_last``.
+    (``backbones.py``), ``pretrainer``, ``label_encoder`` (set by the
+    script), ``sample_rate``, ``output_folder``, ``save_interpretations``,
+    ``train_logger``, ``lr_annealing``, ``channels_last``.
 
-    The checkpoint kept as best, the one ``--test_only`` and the test stage
-    load, is selected on ONE key stored in its meta: ``best_key``, the
-    validation loss of the interpreter (lower is better). Masks that keep
-    everything score the best fidelity, so fidelity only drives the learning
-    rate schedule (METHODS.md §4).
+    The checkpoint kept as best, tested, and loaded by ``--test_only`` is the
+    lowest ``best_key`` (the validation loss) stored in its meta. Masks that
+    keep everything score the best fidelity, so fidelity only drives the
+    learning rate schedule.
     """
 
     best_key = "loss"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        memory_format = torch.channels_last if self.hparams.channels_last else torch.preserve_format
-        for frozen in self.hparams.pretrainer.loadables.values():  # classifier (and e.g. NMF decoder)
-            frozen.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
-        self.modules.to(memory_format=memory_format)
-        self.contamination = self.hparams.eval_contamination
-        check_mode(self.contamination)
-        self.noise_generator = torch.Generator().manual_seed(self.hparams.seed)
-        self.wham = load_wham(self.hparams) if self.contamination == "wham" or self.hparams.add_wham_noise else None
-
-    # ---- front end and frozen classifier -------------------------------
-    def front_end(self, wavs):
-        """wavs [B, N] -> (X [B, T, F] log1p magnitude, stft [B, T, F, 2])."""
-        return log_spectrogram(self.hparams.compute_stft, wavs)
+        layout = torch.preserve_format
+        if self.hparams.channels_last:
+            layout = torch.channels_last
+        # the frozen classifier (and e.g. NMF decoder)
+        for frozen in self.hparams.pretrainer.loadables.values():
+            frozen.to(self.device, memory_format=layout).eval()
+            frozen.requires_grad_(False)
+        self.modules.to(memory_format=layout)
+        self.input_wavs = InputContamination(self.hparams)
+        self.contamination = self.input_wavs.mode
 
     def classify(self, X):
         """X [B, T, F] -> (hidden representation, logits [B, C]) of the frozen
         classifier, whatever its architecture (``backbones.py``)."""
         return self.hparams.backbone(X)
 
-    # ---- method hooks -----------------------------------------------------
     def interpret(self, X, stft, hidden, logits, stage):
         """Returns the method's ``Interpretation`` of a batch."""
         raise NotImplementedError
@@ -132,30 +123,18 @@ class InterpreterBrain(sb.Brain):
         """Returns the method's scalar training loss for ``result``."""
         raise NotImplementedError
 
-    # ---- Brain hooks --------------------------------------------------------
     def compute_forward(self, batch, stage):
-        """One front-end pass, one gradient-free classifier pass, then the
+        """The clips as interpreted (``contamination.InputContamination``),
+        one front-end pass, one gradient-free classifier pass, then the
         method's interpretation. Returns an ``Interpretation``."""
         batch = batch.to(self.device)
         wavs = self.input_wavs(batch, stage)
-        X, stft = self.front_end(wavs)
+        X, stft = log_spectrogram(self.hparams.compute_stft, wavs)
         with torch.no_grad():
             hidden, logits = self.classify(X)
         result = self.interpret(X, stft, hidden, logits, stage)
         result.wav = wavs
         return result
-
-    def input_wavs(self, batch, stage):
-        """The clips as interpreted: WHAM!-contaminated in training with
-        ``add_wham_noise``, contaminated at test time with
-        ``eval_contamination`` (contamination.py), else as loaded."""
-        wavs = batch.sig.data
-        if stage == sb.Stage.TRAIN and self.hparams.add_wham_noise:
-            return mix_at_0db(wavs, self.wham.sample_batch(len(wavs), self.noise_generator))
-        if stage == sb.Stage.TEST and self.contamination != "none":
-            interferers = batch.interferer_sig.data if self.contamination == "mixtures" else None
-            return contaminate(self.contamination, wavs, interferers, self.wham, self.noise_generator)
-        return wavs
 
     def compute_objectives(self, result, batch, stage):
         """The method's loss; in validation and test also accumulates the
@@ -186,26 +165,22 @@ class InterpreterBrain(sb.Brain):
             values["n_clips"] = torch.ones_like(labels)
             values["n_defined_masks"] = (~torch.isnan(values["SPS"])).double()
             for name, value in values.items():
-                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value.detach().double().nansum()
+                total = self.metric_sums.get(name, 0.0)
+                value = value.detach().double().nansum()
+                self.metric_sums[name] = total + value
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the metric sums."""
         self.metric_sums = {}
 
     def reduce_metrics(self, stage_loss):
-        """Sums over processes, then means: returns a dict of plain floats
-        (``SPS``/``COMP`` over clips whose mask is not all zero, None if none)."""
-        names = sorted(self.metric_sums)
-        sums = torch.stack([self.metric_sums[name] for name in names] + [torch.tensor(float(stage_loss)).to(self.device)])
-        sums = dict(zip(names + ["loss"], ddp_all_reduce(sums, torch.distributed.ReduceOp.SUM).tolist()))
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        n_clips, n_defined = sums.pop("n_clips"), sums.pop("n_defined_masks")
-        stats = {"loss": sums.pop("loss") / world, "n_clips": int(n_clips), "n_empty_masks": int(n_clips - n_defined)}
-        for name in list(metrics.HIGHER_IS_BETTER) + sorted(set(sums) - set(metrics.HIGHER_IS_BETTER)):
-            total = sums[name]
-            denominator = n_defined if name in ("SPS", "COMP") else n_clips
-            stats[name] = total / denominator if denominator else None
-        return stats
+        """Sums over processes, then means (``metrics.means_from_sums``):
+        returns a dict of plain floats, the stage loss first."""
+        sums = sum_over_processes(
+            {**self.metric_sums, "loss": float(stage_loss)}, self.device
+        )
+        loss = sums.pop("loss") / world_size()
+        return {"loss": loss, **metrics.means_from_sums(sums)}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs; after validation, anneals the learning rate and checkpoints;
@@ -215,67 +190,59 @@ class InterpreterBrain(sb.Brain):
             return
         stats = self.reduce_metrics(stage_loss)
         if stage == sb.Stage.VALID:
-            old_lr, _ = self.hparams.lr_annealing([self.optimizer], epoch, 1.0 - stats["fidelity_in"])
+            old_lr, _ = self.hparams.lr_annealing(
+                [self.optimizer], epoch, 1.0 - stats["fidelity_in"]
+            )
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta=stats, min_keys=[self.best_key])
-        else:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            self.checkpointer.save_and_keep_only(
+                meta=stats, min_keys=[self.best_key]
             )
-            if if_main_process():
-                stats["contamination"] = self.contamination
-                names = ["test_metrics.json"] + ([f"test_metrics_{self.contamination}.json"] if self.contamination != "none" else [])
-                for name in names:
-                    path = os.path.join(self.hparams.output_folder, name)
-                    write_atomically(path, lambda f: json.dump(stats, f, indent=2))
-                    logger.info(f"Test metrics written to {path}")
+            return
+        self.hparams.train_logger.log_stats(
+            stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+            test_stats=stats,
+        )
+        if if_main_process():
+            stats["contamination"] = self.contamination
+            names = ["test_metrics.json"]
+            if self.contamination != "none":
+                names.append(f"test_metrics{self.input_wavs.suffix}.json")
+            for name in names:
+                write_json(
+                    os.path.join(self.hparams.output_folder, name), stats
+                )
+            logger.info(f"Test metrics written to {names}")
 
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """Under DDP, validation and test are split across processes (each clip
-        evaluated once); their metric sums are then reduced."""
-        if stage != sb.Stage.TRAIN and self.distributed_launch:
-            world = int(os.environ["WORLD_SIZE"])
-            loader_kwargs["sampler"] = list(range(len(dataset)))[self.rank :: world]
-        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
-
-    def _wrap_distributed(self):
-        """SpeechBrain converts BatchNorm to SyncBatchNorm before wrapping in
-        DDP, and SyncBatchNorm only runs on GPU. On CPU (gloo) the trainable
-        modules are wrapped as they are: BatchNorm statistics stay per process."""
-        if not (self.distributed_launch and self.device == "cpu"):
-            return super()._wrap_distributed()
-        for name, module in self.modules.items():
-            if any(p.requires_grad for p in module.parameters()):
-                self.modules[name] = DDP(module, find_unused_parameters=self.find_unused_parameters)
-
-    # ---- saved interpretations ------------------------------------------------
     def save_interpretations(self, result, batch, labels):
         """Writes, for every clip, ``interpretations/<clip id>/`` (or
         ``interpretations_<contamination>/``) with original.wav (the input as
-        interpreted), interpretation.wav (ISTFT of expm1(M*X) with the original
-        phase), mask.npy (float32 [T, F]) and spectra.png; for mixtures also
-        target.wav and interferer.wav."""
+        interpreted), interpretation.wav (ISTFT of expm1(M*X) with the
+        original phase), mask.npy (float32 [T, F]) and spectra.png; for
+        mixtures also target.wav and interferer.wav."""
         import plotting  # matplotlib/librosa are imported only when needed
 
-        wavs = result.wav.float().cpu()
-        sources = {}
+        hp = self.hparams
+        audios = {"original.wav": result.wav}
+        audios["interpretation.wav"] = interpretation_wavs(
+            hp.compute_istft, result.X_int, result.stft, result.wav.shape[1]
+        )
         if self.contamination == "mixtures":
-            sources = {"target.wav": batch.sig.data.float().cpu(), "interferer.wav": batch.interferer_sig.data.float().cpu()}
-        subfolder = "interpretations" + ("" if self.contamination == "none" else f"_{self.contamination}")
-        wavs_int = interpretation_wavs(self.hparams.compute_istft, result.X_int, result.stft, wavs.shape[1]).cpu()
-        encoder = self.hparams.label_encoder
-        for i, clip_id in enumerate(batch.id):
-            plotting.save_clip(
-                os.path.join(self.hparams.output_folder, subfolder, clip_id),
-                audios={"original.wav": wavs[i], "interpretation.wav": wavs_int[i], **{n: a[i] for n, a in sources.items()}},
-                X=result.X[i].detach().float().cpu().numpy(),
-                mask=result.mask[i].detach().float().cpu().numpy().astype(np.float32),
-                true_class=encoder.ind2lab[int(labels[i])],
-                predicted_class=encoder.ind2lab[int(result.class_pred[i])],
-                sample_rate=self.hparams.sample_rate,
-                hop_length=self.hparams.compute_stft.hop_length,
-            )
+            audios["target.wav"] = batch.sig.data
+            audios["interferer.wav"] = batch.interferer_sig.data
+        folder = f"{hp.output_folder}/interpretations{self.input_wavs.suffix}"
+        names = hp.label_encoder.ind2lab
+        plotting.save_batch(
+            folder,
+            batch.id,
+            audios,
+            result.X,
+            result.mask,
+            true_classes=[names[int(k)] for k in labels],
+            predicted_classes=[names[int(k)] for k in result.class_pred],
+            sample_rate=hp.sample_rate,
+            hop_length=hp.compute_stft.hop_length,
+        )

@@ -105,7 +105,9 @@ def complexity(mask):
     total = a.sum(1, keepdim=True)
     q = a / total.clamp(min=torch.finfo(a.dtype).tiny)
     entropy = -torch.special.xlogy(q, q).sum(1)
-    return torch.where(total.squeeze(1) > 0, entropy, torch.full_like(entropy, float("nan")))
+    return torch.where(
+        total.squeeze(1) > 0, entropy, torch.full_like(entropy, float("nan"))
+    )
 
 
 def per_clip_metrics(p, p_in, p_out, mask, labels):
@@ -136,3 +138,31 @@ def per_clip_metrics(p, p_in, p_out, mask, labels):
         "SPS": sparseness(mask),
         "COMP": complexity(mask),
     }
+
+
+def means_from_sums(sums):
+    """Dataset-level means from per-clip sums accumulated over batches.
+
+    Arguments
+    ---------
+    sums : dict
+        name -> float sum over clips of each per-clip figure, plus
+        ``n_clips`` (number of clips) and ``n_defined_masks`` (clips whose
+        mask is not all zero).
+
+    Returns
+    -------
+    dict
+        ``n_clips``, ``n_empty_masks``, then each figure's mean: the metrics
+        of ``HIGHER_IS_BETTER`` first, the others after, by name. SPS and COMP
+        are averaged over the clips with a defined value (None if there are
+        none); every other figure over all clips (None if there are none).
+    """
+    sums = dict(sums)
+    n_clips, n_defined = sums.pop("n_clips"), sums.pop("n_defined_masks")
+    stats = {"n_clips": int(n_clips), "n_empty_masks": int(n_clips - n_defined)}
+    others = sorted(set(sums) - set(HIGHER_IS_BETTER))
+    for name in [n for n in HIGHER_IS_BETTER if n in sums] + others:
+        denominator = n_defined if name in ("SPS", "COMP") else n_clips
+        stats[name] = sums[name] / denominator if denominator else None
+    return stats

@@ -8,10 +8,9 @@ matplotlib or librosa.
 import io
 import os
 
+import matplotlib
 import numpy as np
 import soundfile as sf
-
-import matplotlib
 
 matplotlib.use("Agg")
 import librosa.display  # noqa: E402
@@ -20,7 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fileio import write_atomically  # noqa: E402
 
 
-def save_clip(folder, audios, X, mask, true_class, predicted_class, sample_rate, hop_length):
+def save_clip(
+    folder,
+    audios,
+    X,
+    mask,
+    true_class,
+    predicted_class,
+    sample_rate,
+    hop_length,
+):
     """Writes one clip's interpretation folder, every file atomically.
 
     Arguments
@@ -40,14 +48,63 @@ def save_clip(folder, audios, X, mask, true_class, predicted_class, sample_rate,
     for name, audio in audios.items():
         write_atomically(
             os.path.join(folder, name),
-            lambda f, a=audio: sf.write(f, a.numpy(), sample_rate, format="WAV", subtype="FLOAT"),
+            lambda f, a=audio: sf.write(
+                f, a.numpy(), sample_rate, format="WAV", subtype="FLOAT"
+            ),
             mode="wb",
         )
-    write_atomically(os.path.join(folder, "mask.npy"), lambda f: np.save(f, mask), mode="wb")
-    plot_interpretation(os.path.join(folder, "spectra.png"), X, mask, true_class, predicted_class, sample_rate, hop_length)
+    write_atomically(
+        os.path.join(folder, "mask.npy"), lambda f: np.save(f, mask), mode="wb"
+    )
+    plot_interpretation(
+        os.path.join(folder, "spectra.png"),
+        X,
+        mask,
+        true_class,
+        predicted_class,
+        sample_rate,
+        hop_length,
+    )
 
 
-def plot_interpretation(path, X, mask, true_class, predicted_class, sample_rate, hop_length):
+def save_batch(
+    folder, ids, audios, X, mask, true_classes, predicted_classes, **kwargs
+):
+    """``save_clip`` for every clip of a batch, into ``<folder>/<clip id>``.
+
+    Arguments
+    ---------
+    folder : str
+        e.g. ``<output_folder>/interpretations``.
+    ids : list of str
+        B clip ids.
+    audios : dict
+        file name -> [B, N] waveforms (any float tensor).
+    X, mask : torch.Tensor
+        [B, T, F] log1p magnitude and mask.
+    true_classes, predicted_classes : list of str
+        B class names each.
+    **kwargs
+        ``sample_rate`` and ``hop_length`` for ``save_clip``.
+    """
+    audios = {name: a.detach().float().cpu() for name, a in audios.items()}
+    X = X.detach().float().cpu().numpy()
+    mask = mask.detach().float().cpu().numpy().astype(np.float32)
+    for i, clip_id in enumerate(ids):
+        save_clip(
+            os.path.join(folder, clip_id),
+            audios={name: a[i] for name, a in audios.items()},
+            X=X[i],
+            mask=mask[i],
+            true_class=true_classes[i],
+            predicted_class=predicted_classes[i],
+            **kwargs,
+        )
+
+
+def plot_interpretation(
+    path, X, mask, true_class, predicted_class, sample_rate, hop_length
+):
     """Saves a PNG with three labelled spectrograms (time in s, frequency in Hz).
 
     Arguments
@@ -63,15 +120,27 @@ def plot_interpretation(path, X, mask, true_class, predicted_class, sample_rate,
     hop_length : int
         STFT hop in samples.
     """
-    panels = (("input log1p |STFT|", X, "magma"), ("mask", mask, "viridis"), ("interpretation", mask * X, "magma"))
+    panels = (
+        ("input log1p |STFT|", X, "magma"),
+        ("mask", mask, "viridis"),
+        ("interpretation", mask * X, "magma"),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     for ax, (title, image, cmap) in zip(axes, panels):
         shown = librosa.display.specshow(
-            image.T, sr=sample_rate, hop_length=hop_length, x_axis="time", y_axis="linear", cmap=cmap, ax=ax
+            image.T,
+            sr=sample_rate,
+            hop_length=hop_length,
+            x_axis="time",
+            y_axis="linear",
+            cmap=cmap,
+            ax=ax,
         )
         ax.set_title(title)
         fig.colorbar(shown, ax=ax)
-    fig.suptitle(f"{os.path.basename(os.path.dirname(path))}: true {true_class}, predicted {predicted_class}")
+    fig.suptitle(
+        f"{os.path.basename(os.path.dirname(path))}: true {true_class}, predicted {predicted_class}"
+    )
     _save(fig, path)
 
 
@@ -87,11 +156,21 @@ def _save(fig, path):
 def plot_reconstructions(path, X, X_hat, ids, sample_rate, hop_length):
     """Saves a PNG with, per clip, the log1p STFT magnitude and its NMF
     reconstruction (X, X_hat: [N, F, T])."""
-    fig, axes = plt.subplots(len(ids), 2, figsize=(10, 3 * len(ids)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(ids), 2, figsize=(10, 3 * len(ids)), squeeze=False
+    )
     for row, clip in enumerate(ids):
-        for ax, image, title in zip(axes[row], (X[row], X_hat[row]), ("input", "NMF reconstruction W H")):
+        for ax, image, title in zip(
+            axes[row], (X[row], X_hat[row]), ("input", "NMF reconstruction W H")
+        ):
             shown = librosa.display.specshow(
-                image, sr=sample_rate, hop_length=hop_length, x_axis="time", y_axis="linear", cmap="magma", ax=ax
+                image,
+                sr=sample_rate,
+                hop_length=hop_length,
+                x_axis="time",
+                y_axis="linear",
+                cmap="magma",
+                ax=ax,
             )
             ax.set_title(f"{clip}: {title}")
             fig.colorbar(shown, ax=ax)

@@ -17,7 +17,6 @@ import json
 import os
 
 import torch
-
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
@@ -31,7 +30,9 @@ def label_encoder_from_manifest(manifest):
     encoder = CategoricalEncoder()
     with open(manifest) as f:
         entries = json.load(f)
-    encoder.update_from_iterable(entry["category"] for entry in entries.values())
+    encoder.update_from_iterable(
+        entry["category"] for entry in entries.values()
+    )
     return encoder
 
 
@@ -68,7 +69,10 @@ def load_classifier(hparams):
         paths = pretrainer.collect_files()
         for name, path in paths.items():
             strict_load(pretrainer.loadables[name], path)
-        beside = os.path.join(os.path.dirname(os.path.realpath(paths["classifier"])), "label_encoder.txt")
+        beside = os.path.join(
+            os.path.dirname(os.path.realpath(paths["classifier"])),
+            "label_encoder.txt",
+        )
         source = beside if os.path.isfile(beside) else None
     if source is not None:
         encoder = CategoricalEncoder()
@@ -82,7 +86,9 @@ def load_classifier(hparams):
             f"mapping ({source}) has {len(encoder)} classes. Set --out_n_neurons {len(encoder)}."
         )
     encoder.expect_len(len(encoder))
-    logger.info(f"Classifier label mapping from {source}: {len(encoder)} classes")
+    logger.info(
+        f"Classifier label mapping from {source}: {len(encoder)} classes"
+    )
     if if_main_process():
         encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
     hparams["label_encoder"] = encoder

@@ -22,7 +22,15 @@ import soundfile as sf
 
 from fileio import write_atomically
 
-CSV_FIELDS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
+CSV_FIELDS = (
+    "filename",
+    "fold",
+    "target",
+    "category",
+    "esc10",
+    "src_file",
+    "take",
+)
 
 
 def class_frequency(k):
@@ -30,8 +38,17 @@ def class_frequency(k):
     return 500.0 + 1200.0 * k
 
 
-def generate(folder, n_classes=4, clips_per_fold=8, n_folds=5, sample_rate=44100, duration_s=5.0,
-             evidence_s=1.0, noise_level=0.02, seed=0):
+def generate(
+    folder,
+    n_classes=4,
+    clips_per_fold=8,
+    n_folds=5,
+    sample_rate=44100,
+    duration_s=5.0,
+    evidence_s=1.0,
+    noise_level=0.02,
+    seed=0,
+):
     """Writes ``audio/*.wav``, ``meta/esc50.csv`` and ``meta/evidence.json``.
 
     Arguments
@@ -51,7 +68,9 @@ def generate(folder, n_classes=4, clips_per_fold=8, n_folds=5, sample_rate=44100
         filename -> evidence {"start_s", "end_s", "low_hz", "high_hz", "category"}.
     """
     if not 1 <= n_classes <= 6:
-        raise ValueError(f"n_classes={n_classes}: give 1..6 (tones must stay below 8 kHz).")
+        raise ValueError(
+            f"n_classes={n_classes}: give 1..6 (tones must stay below 8 kHz)."
+        )
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(folder, "audio"), exist_ok=True)
     os.makedirs(os.path.join(folder, "meta"), exist_ok=True)
@@ -63,14 +82,27 @@ def generate(folder, n_classes=4, clips_per_fold=8, n_folds=5, sample_rate=44100
             k = (i + fold) % n_classes
             f0 = class_frequency(k)
             wav = noise_level * rng.standard_normal(n)
-            onset = int(rng.integers(int(0.2 * sample_rate), n - n_ev - int(0.2 * sample_rate)))
+            onset = int(
+                rng.integers(
+                    int(0.2 * sample_rate), n - n_ev - int(0.2 * sample_rate)
+                )
+            )
             burst = np.sin(2 * np.pi * f0 * t + rng.uniform(0, 2 * np.pi))
-            burst += 0.7 * np.sin(2 * np.pi * (f0 + 200.0) * t + rng.uniform(0, 2 * np.pi))
-            wav[onset:onset + n_ev] += 0.5 * np.hanning(n_ev) ** 0.25 * burst
+            burst += 0.7 * np.sin(
+                2 * np.pi * (f0 + 200.0) * t + rng.uniform(0, 2 * np.pi)
+            )
+            wav[onset : onset + n_ev] += 0.5 * np.hanning(n_ev) ** 0.25 * burst
             filename = f"{fold}-{1000 * fold + i}-A-{k}.wav"
-            sf.write(os.path.join(folder, "audio", filename), np.clip(wav, -1, 1), sample_rate, subtype="PCM_16")
+            sf.write(
+                os.path.join(folder, "audio", filename),
+                np.clip(wav, -1, 1),
+                sample_rate,
+                subtype="PCM_16",
+            )
             category = f"tone_{int(f0)}hz"
-            rows.append((filename, fold, k, category, False, 1000 * fold + i, "A"))
+            rows.append(
+                (filename, fold, k, category, False, 1000 * fold + i, "A")
+            )
             evidence[filename] = {
                 "start_s": onset / sample_rate,
                 "end_s": (onset + n_ev) / sample_rate,
@@ -84,12 +116,17 @@ def generate(folder, n_classes=4, clips_per_fold=8, n_folds=5, sample_rate=44100
         writer.writerow(CSV_FIELDS)
         writer.writerows(rows)
 
-    write_atomically(os.path.join(folder, "meta", "evidence.json"), lambda f: json.dump(evidence, f, indent=1))
+    write_atomically(
+        os.path.join(folder, "meta", "evidence.json"),
+        lambda f: json.dump(evidence, f, indent=1),
+    )
     write_atomically(os.path.join(folder, "meta", "esc50.csv"), write_csv)
     return evidence
 
 
-def evidence_mass(mask, evidence, sample_rate=16000, hop_length=186, n_fft=1024):
+def evidence_mass(
+    mask, evidence, sample_rate=16000, hop_length=186, n_fft=1024
+):
     """Share of a mask's mass inside the planted evidence box, and the share
     of the spectrogram the box covers (what a uniform mask would score).
 

@@ -19,13 +19,17 @@ Authors: the ESC-50 interpretability recipe developers.
 import os
 import sys
 
-import torch
-
 import speechbrain as sb
+import torch
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
-from experiment import fit_and_test, make_datasets, prepare_manifests, setup_experiment
+from experiment import (
+    fit_and_test,
+    make_datasets,
+    prepare_manifests,
+    setup_experiment,
+)
 from fileio import write_atomically
 from front_end import log_spectrogram
 from pretrained import label_encoder_from_manifest
@@ -58,13 +62,25 @@ class ClassifierBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = {"loss": stage_loss}
             return
-        stats = {"loss": stage_loss, "error_rate": float(self.error_metrics.summarize("average"))}
+        stats = {
+            "loss": stage_loss,
+            "error_rate": float(self.error_metrics.summarize("average")),
+        }
         if stage == sb.Stage.VALID:
-            old_lr, _ = self.hparams.lr_annealing([self.optimizer], epoch, stats["error_rate"])
-            self.hparams.train_logger.log_stats({"epoch": epoch, "lr": old_lr}, self.train_stats, stats)
-            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["error_rate"])
+            old_lr, _ = self.hparams.lr_annealing(
+                [self.optimizer], epoch, stats["error_rate"]
+            )
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch, "lr": old_lr}, self.train_stats, stats
+            )
+            self.checkpointer.save_and_keep_only(
+                meta=stats, min_keys=["error_rate"]
+            )
         else:
-            self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
             if if_main_process():
                 self.export()
 
@@ -73,9 +89,17 @@ class ClassifierBrain(sb.Brain):
         folder = self.hparams.output_folder
         for name in ("embedding_model", "classifier"):
             state = getattr(self.hparams, name).state_dict()
-            write_atomically(os.path.join(folder, f"{name}.ckpt"), lambda f, s=state: torch.save(s, f), mode="wb")
-        self.hparams.label_encoder.save(os.path.join(folder, "label_encoder.txt"))
-        logger.info(f"Classifier exported to {folder}/{{embedding_model,classifier}}.ckpt")
+            write_atomically(
+                os.path.join(folder, f"{name}.ckpt"),
+                lambda f, s=state: torch.save(s, f),
+                mode="wb",
+            )
+        self.hparams.label_encoder.save(
+            os.path.join(folder, "label_encoder.txt")
+        )
+        logger.info(
+            f"Classifier exported to {folder}/{{embedding_model,classifier}}.ckpt"
+        )
 
 
 def main(argv):
@@ -99,6 +123,7 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
     )
     fit_and_test(brain, datasets, min_key="error_rate")
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

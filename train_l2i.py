@@ -18,16 +18,17 @@ Authors: the ESC-50 interpretability recipe developers.
 
 import sys
 
+import speechbrain as sb
 import torch
 import torch.nn.functional as F
-
-import speechbrain as sb
 
 from experiment import run_interpreter
 from interpreter_brain import Interpretation, InterpreterBrain
 
 
-def relevant_mask(H, X_hat, classes, theta, nmf_decoder, relevance_th, eps=1e-10):
+def relevant_mask(
+    H, X_hat, classes, theta, nmf_decoder, relevance_th, eps=1e-10
+):
     """The L2I interpretation mask of a batch, computed for all clips at once.
 
     M = W[:, L] H[L] / (W H + eps), L = {k : r_k > relevance_th},
@@ -75,29 +76,62 @@ class L2IBrain(InterpreterBrain):
             ``X_hat`` [B, T, F].
         """
         H = self.modules.psi(hidden)
-        if isinstance(H, tuple):  # L2I.PsiOptimized (conv2d): ([B, 1, T', K], adapted map)
+        if isinstance(
+            H, tuple
+        ):  # L2I.PsiOptimized (conv2d): ([B, 1, T', K], adapted map)
             H = H[0].squeeze(1).transpose(1, 2)
-        H = F.interpolate(H.float(), size=X.shape[1], mode="linear")  # psi's frames -> the input's T, float32
+        H = F.interpolate(
+            H.float(), size=X.shape[1], mode="linear"
+        )  # psi's frames -> the input's T, float32
         X_hat = self.hparams.nmf_decoder(H)
         mask = None
         if stage != sb.Stage.TRAIN:
-            mask = relevant_mask(H, X_hat, logits.argmax(1), self.modules.theta, self.hparams.nmf_decoder,
-                                 self.hparams.relevance_th).transpose(1, 2)
-        return Interpretation(X=X, stft=stft, logits=logits, mask=mask, aux={"H": H, "X_hat": X_hat.transpose(1, 2)})
+            mask = relevant_mask(
+                H,
+                X_hat,
+                logits.argmax(1),
+                self.modules.theta,
+                self.hparams.nmf_decoder,
+                self.hparams.relevance_th,
+            ).transpose(1, 2)
+        return Interpretation(
+            X=X,
+            stft=stft,
+            logits=logits,
+            mask=mask,
+            aux={"H": H, "X_hat": X_hat.transpose(1, 2)},
+        )
 
     def interpreter_loss(self, result, batch, stage):
         """alpha ||X_hat - X||^2 + beta mean|H| - sum_c softmax(logits / tau)_c log Theta(H)_c."""
         H, X_hat = result.aux["H"], result.aux["X_hat"]
         reconstruction = F.mse_loss(X_hat.float(), result.X.float())
-        targets = F.softmax(result.logits.float() / self.hparams.classifier_temp, dim=1)
-        fidelity = -(targets * torch.log(self.modules.theta(H).float() + 1e-10)).sum(1).mean()
-        return self.hparams.alpha * reconstruction + self.hparams.beta * H.abs().mean() + fidelity
+        targets = F.softmax(
+            result.logits.float() / self.hparams.classifier_temp, dim=1
+        )
+        fidelity = (
+            -(targets * torch.log(self.modules.theta(H).float() + 1e-10))
+            .sum(1)
+            .mean()
+        )
+        return (
+            self.hparams.alpha * reconstruction
+            + self.hparams.beta * H.abs().mean()
+            + fidelity
+        )
 
     def method_metrics(self, result):
         """Per clip: NMF reconstruction error, and whether Theta agrees with the classifier."""
         with torch.no_grad():
-            error = (result.aux["X_hat"].float() - result.X.float()).pow(2).mean((1, 2))
-            agrees = (self.modules.theta(result.aux["H"]).argmax(1) == result.class_pred).double()
+            error = (
+                (result.aux["X_hat"].float() - result.X.float())
+                .pow(2)
+                .mean((1, 2))
+            )
+            agrees = (
+                self.modules.theta(result.aux["H"]).argmax(1)
+                == result.class_pred
+            ).double()
         return {"reconstruction_error": error, "theta_fidelity": agrees}
 
 

@@ -16,18 +16,21 @@ Read ``main`` first.
 Authors: the ESC-50 interpretability recipe developers.
 """
 
-import json
 import os
 import sys
 
+import speechbrain as sb
 import torch
 import torch.nn.functional as F
-
-import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process
 
-from experiment import fit_and_test, make_datasets, prepare_manifests, setup_experiment
-from fileio import write_atomically
+from experiment import (
+    fit_and_test,
+    make_datasets,
+    prepare_manifests,
+    setup_experiment,
+)
+from fileio import write_atomically, write_json
 from front_end import log_spectrogram
 from pretrained import label_encoder_from_manifest
 
@@ -46,7 +49,11 @@ class NMFBrain(sb.Brain):
         """MSE between X and W H; keeps the first test batch for the figure."""
         X, X_hat = predictions
         if stage == sb.Stage.TEST and self.figure_batch is None:
-            self.figure_batch = (X[:4].detach().float().cpu(), X_hat[:4].detach().float().cpu(), batch.id[:4])
+            self.figure_batch = (
+                X[:4].detach().float().cpu(),
+                X_hat[:4].detach().float().cpu(),
+                batch.id[:4],
+            )
         return F.mse_loss(X_hat.float(), X.float())
 
     def on_stage_start(self, stage, epoch=None):
@@ -59,10 +66,17 @@ class NMFBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats({"epoch": epoch}, self.train_stats, stats)
-            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["reconstruction_error"])
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch}, self.train_stats, stats
+            )
+            self.checkpointer.save_and_keep_only(
+                meta=stats, min_keys=["reconstruction_error"]
+            )
         else:
-            self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
             if if_main_process():
                 self.export(stats)
 
@@ -72,12 +86,20 @@ class NMFBrain(sb.Brain):
 
         folder = self.hparams.output_folder
         state = self.modules.nmf_decoder.state_dict()
-        write_atomically(os.path.join(folder, "nmf_decoder.ckpt"), lambda f: torch.save(state, f), mode="wb")
-        write_atomically(os.path.join(folder, "test_metrics.json"), lambda f: json.dump(stats, f, indent=2))
+        write_atomically(
+            os.path.join(folder, "nmf_decoder.ckpt"),
+            lambda f: torch.save(state, f),
+            mode="wb",
+        )
+        write_json(os.path.join(folder, "test_metrics.json"), stats)
         X, X_hat, ids = self.figure_batch
         plotting.plot_reconstructions(
-            os.path.join(folder, "reconstructions.png"), X.numpy(), X_hat.numpy(), ids,
-            self.hparams.sample_rate, self.hparams.compute_stft.hop_length,
+            os.path.join(folder, "reconstructions.png"),
+            X.numpy(),
+            X_hat.numpy(),
+            ids,
+            self.hparams.sample_rate,
+            self.hparams.compute_stft.hop_length,
         )
 
 
@@ -85,7 +107,9 @@ def main(argv):
     """Parse, prepare data, train, test the best checkpoint, export the decoder."""
     hparams, run_opts = setup_experiment(argv)
     prepare_manifests(hparams)
-    datasets = make_datasets(hparams, label_encoder_from_manifest(hparams["train_annotation"]))
+    datasets = make_datasets(
+        hparams, label_encoder_from_manifest(hparams["train_annotation"])
+    )
     brain = NMFBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
@@ -94,6 +118,7 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
     )
     fit_and_test(brain, datasets, min_key="reconstruction_error")
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -48,7 +48,9 @@ class PIQBrain(InterpreterBrain):
         """
         mask_logits, h, z_q = self.modules.psi(hidden, logits.argmax(1))
         # float32 from here: a bf16 mask would keep only a handful of distinct values
-        mask_logits = F.interpolate(mask_logits.float(), size=X.shape[-2:], mode="bilinear").squeeze(1)
+        mask_logits = F.interpolate(
+            mask_logits.float(), size=X.shape[-2:], mode="bilinear"
+        ).squeeze(1)
         return Interpretation(
             X=X,
             stft=stft,
@@ -60,11 +62,17 @@ class PIQBrain(InterpreterBrain):
     def interpreter_loss(self, result, batch, stage):
         """rec_loss_coef x BCE(M, [X > mask_th max X]) + ||sg(h) - z_q||^2 + ||h - sg(z_q)||^2."""
         X, aux = result.X, result.aux
-        target = (X > self.hparams.mask_th * X.amax(dim=(1, 2), keepdim=True)).float()
-        reconstruction = F.binary_cross_entropy_with_logits(aux["mask_logits"].float(), target)
+        target = (
+            X > self.hparams.mask_th * X.amax(dim=(1, 2), keepdim=True)
+        ).float()
+        reconstruction = F.binary_cross_entropy_with_logits(
+            aux["mask_logits"].float(), target
+        )
         codebook = F.mse_loss(aux["z_q"].float(), aux["h"].detach().float())
         commitment = F.mse_loss(aux["h"].float(), aux["z_q"].detach().float())
-        return self.hparams.rec_loss_coef * reconstruction + codebook + commitment
+        return (
+            self.hparams.rec_loss_coef * reconstruction + codebook + commitment
+        )
 
 
 def main(argv):

@@ -38,7 +38,6 @@ import os
 import urllib.error
 
 import torch
-
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
@@ -103,7 +102,9 @@ def prepare_wham(wham_folder, url=WHAM_URL, sha256=None):
         if files:
             logger.info(f"Using WHAM! noise unpacked in {nested}")
     if files:
-        logger.info(f"WHAM! noise: {len(files)} clips in {os.path.dirname(files[0])}; no download needed.")
+        logger.info(
+            f"WHAM! noise: {len(files)} clips in {os.path.dirname(files[0])}; no download needed."
+        )
         return files
 
     try:
@@ -120,7 +121,9 @@ def prepare_wham(wham_folder, url=WHAM_URL, sha256=None):
             f"{url} was unpacked into {wham_folder}, but {os.path.join(wham_folder, 'tr')} holds no "
             "wav file. Is the URL the WHAM! noise archive (wham_noise.zip)?"
         )
-    logger.info(f"WHAM! noise: {len(files)} clips in {os.path.join(wham_folder, 'tr')}")
+    logger.info(
+        f"WHAM! noise: {len(files)} clips in {os.path.join(wham_folder, 'tr')}"
+    )
     return files
 
 
@@ -150,7 +153,9 @@ class WhamNoise(torch.utils.data.Dataset):
     def __init__(self, files, sample_rate=16000, signal_length_s=5.0):
         self.files = list(files)
         if not self.files:
-            raise ValueError("WhamNoise got no files; pass the list returned by prepare_wham(wham_folder).")
+            raise ValueError(
+                "WhamNoise got no files; pass the list returned by prepare_wham(wham_folder)."
+            )
         self.sample_rate = sample_rate
         self.signal_length_s = signal_length_s
         self.n_samples = int(round(sample_rate * signal_length_s))
@@ -161,7 +166,9 @@ class WhamNoise(torch.utils.data.Dataset):
 
     def _clip(self, index):
         """The cached clip ``index`` (loaded on first use); do not modify it."""
-        index = range(len(self.files))[index]  # IndexError when out of range; negatives resolved
+        index = range(len(self.files))[
+            index
+        ]  # IndexError when out of range; negatives resolved
         clip = self._cache.get(index)
         if clip is None:
             path = self.files[index]
@@ -194,7 +201,9 @@ class WhamNoise(torch.utils.data.Dataset):
         torch.Tensor
             float32 [B, n_samples], on the CPU.
         """
-        indices = torch.randint(len(self.files), (batch_size,), generator=generator)
+        indices = torch.randint(
+            len(self.files), (batch_size,), generator=generator
+        )
         return torch.stack([self._clip(i) for i in indices.tolist()])
 
 
@@ -230,9 +239,13 @@ def mix_at_0db(signals, noise, eps=1e-8):
     tensor([[1., 1.]])
     """
     if signals.shape != noise.shape:
-        raise ValueError(f"signals {tuple(signals.shape)} and noise {tuple(noise.shape)} must have the same shape.")
+        raise ValueError(
+            f"signals {tuple(signals.shape)} and noise {tuple(noise.shape)} must have the same shape."
+        )
     noise = noise.to(device=signals.device, dtype=signals.dtype)
-    mix = signals / (signals.norm(dim=-1, keepdim=True) + eps) + noise / (noise.norm(dim=-1, keepdim=True) + eps)
+    mix = signals / (signals.norm(dim=-1, keepdim=True) + eps) + noise / (
+        noise.norm(dim=-1, keepdim=True) + eps
+    )
     return peak_normalize(mix, eps)
 
 

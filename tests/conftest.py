@@ -16,20 +16,43 @@ import synthetic_esc50  # noqa: E402
 
 N_CLASSES = 3
 # Shrunk architecture so that every end-to-end run takes seconds on 2 CPU cores.
-TINY = ["--emb_dim", "16", "--batch_size", "4", "--device", "cpu", "--noprogressbar"]
+TINY = [
+    "--emb_dim",
+    "16",
+    "--batch_size",
+    "4",
+    "--device",
+    "cpu",
+    "--noprogressbar",
+]
 TINY_PIQ = TINY + ["--K", "48", "--out_n_neurons", str(N_CLASSES)]
 
 
-def run_script(script, hparams_file, *args, env=None, expect_ok=True, launcher=None):
+def run_script(
+    script, hparams_file, *args, env=None, expect_ok=True, launcher=None
+):
     """Runs ``python <script> <hparams_file> <args>`` from the recipe folder.
 
     Returns the CompletedProcess; fails the test with the output when the exit
     status is not the expected one."""
-    command = (launcher or [sys.executable]) + [script, hparams_file] + [str(a) for a in args]
+    command = (
+        (launcher or [sys.executable])
+        + [script, hparams_file]
+        + [str(a) for a in args]
+    )
     full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if (proc.returncode == 0) != expect_ok:
-        pytest.fail(f"{' '.join(command)} exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-8000:]}")
+        pytest.fail(
+            f"{' '.join(command)} exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
@@ -47,9 +70,17 @@ def trained_classifier(synthetic_data, tmp_path_factory):
     output folder (embedding_model.ckpt, classifier.ckpt, label_encoder.txt)."""
     out = tmp_path_factory.mktemp("classifier")
     run_script(
-        "train_classifier.py", "hparams/classifier_conv2d.yaml",
-        "--data_folder", synthetic_data, "--output_folder", out,
-        "--out_n_neurons", N_CLASSES, "--number_of_epochs", 2, *TINY,
+        "train_classifier.py",
+        "hparams/classifier_conv2d.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        "--out_n_neurons",
+        N_CLASSES,
+        "--number_of_epochs",
+        2,
+        *TINY,
     )
     return out
 
@@ -57,8 +88,10 @@ def trained_classifier(synthetic_data, tmp_path_factory):
 def classifier_args(folder):
     """Command-line overrides pointing an interpreter at a trained classifier."""
     return [
-        "--embedding_model_path", os.path.join(folder, "embedding_model.ckpt"),
-        "--classifier_model_path", os.path.join(folder, "classifier.ckpt"),
+        "--embedding_model_path",
+        os.path.join(folder, "embedding_model.ckpt"),
+        "--classifier_model_path",
+        os.path.join(folder, "classifier.ckpt"),
     ]
 
 
@@ -74,8 +107,19 @@ def trained_nmf(synthetic_data, tmp_path_factory):
     """An NMF dictionary trained by train_nmf.py; returns its output folder."""
     out = tmp_path_factory.mktemp("nmf")
     run_script(
-        "train_nmf.py", "hparams/nmf.yaml", "--data_folder", synthetic_data, "--output_folder", out,
-        "--number_of_epochs", 1, "--batch_size", 4, "--device", "cpu", "--noprogressbar",
+        "train_nmf.py",
+        "hparams/nmf.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        "--number_of_epochs",
+        1,
+        "--batch_size",
+        4,
+        "--device",
+        "cpu",
+        "--noprogressbar",
     )
     return out
 
@@ -90,19 +134,46 @@ def wham_folder(tmp_path_factory):
     (folder / "tr").mkdir()
     rng = np.random.default_rng(0)
     for i, seconds in enumerate((3, 6)):
-        sf.write(folder / "tr" / f"noise{i}.wav", 0.1 * rng.standard_normal(8000 * seconds), 8000)
+        sf.write(
+            folder / "tr" / f"noise{i}.wav",
+            0.1 * rng.standard_normal(8000 * seconds),
+            8000,
+        )
     return folder
 
 
 @pytest.fixture(scope="session")
-def trained_l2i(synthetic_data, trained_classifier, trained_nmf, wham_folder, tmp_path_factory):
+def trained_l2i(
+    synthetic_data,
+    trained_classifier,
+    trained_nmf,
+    wham_folder,
+    tmp_path_factory,
+):
     """An L2I run trained on WHAM!-contaminated batches (add_wham_noise); returns
     (output folder, the command-line arguments that reproduce its config)."""
     out = tmp_path_factory.mktemp("l2i")
     args = [
-        "--data_folder", synthetic_data, "--output_folder", out, *classifier_args(trained_classifier),
-        "--nmf_decoder_path", trained_nmf / "nmf_decoder.ckpt", "--wham_folder", wham_folder,
-        *TINY, "--out_n_neurons", N_CLASSES, "--number_of_epochs", 1,
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        *classifier_args(trained_classifier),
+        "--nmf_decoder_path",
+        trained_nmf / "nmf_decoder.ckpt",
+        "--wham_folder",
+        wham_folder,
+        *TINY,
+        "--out_n_neurons",
+        N_CLASSES,
+        "--number_of_epochs",
+        1,
     ]
-    run_script("train_l2i.py", "hparams/l2i_conv2d.yaml", *args, "--add_wham_noise", True)
+    run_script(
+        "train_l2i.py",
+        "hparams/l2i_conv2d.yaml",
+        *args,
+        "--add_wham_noise",
+        True,
+    )
     return out, args

@@ -27,8 +27,12 @@ def test_unknown_mode_is_named():
 
 def test_white_noise_is_reproducible_and_changes_the_clip():
     wavs = torch.sin(torch.linspace(0, 100, 1600)).unsqueeze(0)
-    a = contamination.contaminate("white_noise", wavs, generator=torch.Generator().manual_seed(3))
-    b = contamination.contaminate("white_noise", wavs, generator=torch.Generator().manual_seed(3))
+    a = contamination.contaminate(
+        "white_noise", wavs, generator=torch.Generator().manual_seed(3)
+    )
+    b = contamination.contaminate(
+        "white_noise", wavs, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(a, b) and not torch.allclose(a, wavs / wavs.abs().max())
     assert contamination.contaminate("none", wavs) is wavs
 
@@ -37,24 +41,50 @@ def test_interferer_is_another_class_and_stable(tmp_path):
     entries = {}
     for i, category in enumerate(["dog", "dog", "rain", "cat"]):
         np.save(tmp_path / f"{i}.npy", np.full(4, i, dtype=np.float32))
-        entries[f"clip{i}"] = {"wav": str(tmp_path / f"{i}.npy"), "category": category}
+        entries[f"clip{i}"] = {
+            "wav": str(tmp_path / f"{i}.npy"),
+            "category": category,
+        }
     manifest = tmp_path / "test.json"
     manifest.write_text(json.dumps(entries))
     pipeline = contamination.interferer_pipeline(str(manifest), seed=7)
     for clip_id, entry in entries.items():
         chosen = int(pipeline.func(clip_id, entry["category"])[0])
         assert entries[f"clip{chosen}"]["category"] != entry["category"]
-        assert int(contamination.interferer_pipeline(str(manifest), seed=7).func(clip_id, entry["category"])[0]) == chosen
+        assert (
+            int(
+                contamination.interferer_pipeline(str(manifest), seed=7).func(
+                    clip_id, entry["category"]
+                )[0]
+            )
+            == chosen
+        )
 
 
 @pytest.mark.parametrize("mode", ["none", "mixtures", "white_noise", "wham"])
 def test_out_of_domain_evaluation(mode, trained_l2i, tmp_path):
     """--test_only --eval_contamination <mode> on a trained L2I run."""
     out, args = trained_l2i
-    run_script("train_l2i.py", "hparams/l2i_conv2d.yaml", *args, "--test_only", "--eval_contamination", mode)
+    run_script(
+        "train_l2i.py",
+        "hparams/l2i_conv2d.yaml",
+        *args,
+        "--test_only",
+        "--eval_contamination",
+        mode,
+    )
     results = check_test_metrics(out)
     assert results["contamination"] == mode
-    subfolder = "interpretations" if mode == "none" else f"interpretations_{mode}"
-    check_interpretations(out, subfolder=subfolder, extra=("interferer.wav", "target.wav") if mode == "mixtures" else ())
+    subfolder = (
+        "interpretations" if mode == "none" else f"interpretations_{mode}"
+    )
+    check_interpretations(
+        out,
+        subfolder=subfolder,
+        extra=("interferer.wav", "target.wav") if mode == "mixtures" else (),
+    )
     if mode != "none":
-        assert json.loads((out / f"test_metrics_{mode}.json").read_text()) == results
+        assert (
+            json.loads((out / f"test_metrics_{mode}.json").read_text())
+            == results
+        )

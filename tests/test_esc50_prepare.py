@@ -45,8 +45,13 @@ SOURCE_SR = 16000
 def source(tmp_path_factory):
     """A generated dataset in ESC-50 layout (audio/, meta/esc50.csv)."""
     folder = tmp_path_factory.mktemp("esc50_source")
-    synthetic_esc50.generate(str(folder), n_classes=N_CLASSES, clips_per_fold=CLIPS_PER_FOLD, seed=0,
-                            sample_rate=SOURCE_SR)
+    synthetic_esc50.generate(
+        str(folder),
+        n_classes=N_CLASSES,
+        clips_per_fold=CLIPS_PER_FOLD,
+        seed=0,
+        sample_rate=SOURCE_SR,
+    )
     return folder
 
 
@@ -62,7 +67,10 @@ def _zip_folder(folder, compression=zipfile.ZIP_DEFLATED, include_meta=True):
                 continue
             archive.mkdir(f"{TOP}/{sub}/")
             for name in sorted(os.listdir(os.path.join(folder, sub))):
-                archive.write(os.path.join(folder, sub, name), arcname=f"{TOP}/{sub}/{name}")
+                archive.write(
+                    os.path.join(folder, sub, name),
+                    arcname=f"{TOP}/{sub}/{name}",
+                )
     return buf.getvalue()
 
 
@@ -70,9 +78,13 @@ def _flip_byte_in_first_wav(data):
     """Returns a copy of a STORED zip with one byte of the first wav's
     content flipped, so that its CRC-32 no longer matches."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        info = next(i for i in archive.infolist() if i.filename.endswith(".wav"))
+        info = next(
+            i for i in archive.infolist() if i.filename.endswith(".wav")
+        )
     assert info.compress_type == zipfile.ZIP_STORED
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    name_len, extra_len = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
     start = info.header_offset + 30 + name_len + extra_len
     pos = start + info.file_size // 2
     corrupt = bytearray(data)
@@ -144,13 +156,19 @@ def _assert_default_split(manifests, source_folder):
         entries = data[split]
         assert len(entries) == CLIPS_PER_FOLD * len(folds)
         assert {e["fold"] for e in entries.values()} == folds
-        want = [os.path.splitext(r["filename"])[0] for r in rows if int(r["fold"]) in folds]
+        want = [
+            os.path.splitext(r["filename"])[0]
+            for r in rows
+            if int(r["fold"]) in folds
+        ]
         assert list(entries) == want
         for entry in entries.values():
             assert os.path.isfile(entry["source"])
             wav = np.load(entry["wav"])
             assert wav.shape == (N_SAMPLES,) and wav.dtype == np.float32
-            assert np.isfinite(wav).all() and np.abs(wav).max() == pytest.approx(1.0, abs=1e-4)
+            assert np.isfinite(wav).all() and np.abs(
+                wav
+            ).max() == pytest.approx(1.0, abs=1e-4)
 
 
 # --------------------------------------------------------------------------
@@ -166,10 +184,16 @@ def test_download_good_archive(server, source, tmp_path):
     assert server.requests[n_requests:] == ["/good.zip"]
     assert set(manifests) == {"train", "valid", "test"}
     # Unpacked from ESC-50-master/ straight into data_folder.
-    assert sorted(os.listdir(data / "audio")) == sorted(os.listdir(source / "audio"))
-    assert (data / "meta" / "esc50.csv").read_bytes() == (source / "meta" / "esc50.csv").read_bytes()
+    assert sorted(os.listdir(data / "audio")) == sorted(
+        os.listdir(source / "audio")
+    )
+    assert (data / "meta" / "esc50.csv").read_bytes() == (
+        source / "meta" / "esc50.csv"
+    ).read_bytes()
     some_wav = sorted(os.listdir(source / "audio"))[3]
-    assert (data / "audio" / some_wav).read_bytes() == (source / "audio" / some_wav).read_bytes()
+    assert (data / "audio" / some_wav).read_bytes() == (
+        source / "audio" / some_wav
+    ).read_bytes()
     assert not (data / TOP).exists()
     assert not (data / PART).exists() and not (data / SCRATCH).exists()
     _assert_default_split(manifests, source)
@@ -189,9 +213,16 @@ def test_download_good_archive(server, source, tmp_path):
         ("/crc.zip", r"corrupt member .*\.wav"),
         ("/nomarker.zip", r"has no meta/esc50\.csv"),
     ],
-    ids=["content-length-larger-than-body", "zip-cut-in-half", "crc-mismatch", "not-esc50"],
+    ids=[
+        "content-length-larger-than-body",
+        "zip-cut-in-half",
+        "crc-mismatch",
+        "not-esc50",
+    ],
 )
-def test_bad_archive_leaves_nothing_and_rerun_recovers(server, source, tmp_path, path, message):
+def test_bad_archive_leaves_nothing_and_rerun_recovers(
+    server, source, tmp_path, path, message
+):
     data, save = tmp_path / "data", tmp_path / "save"
     with pytest.raises(OSError, match=message):
         prepare_esc50(str(data), str(save), url=server.url(path))
@@ -221,21 +252,30 @@ def test_checksum(server, archives, source, tmp_path):
     data, save = tmp_path / "data", tmp_path / "save"
 
     with pytest.raises(IOError, match=r"[Cc]hecksum") as err:
-        prepare_esc50(str(data), str(save), url=server.url("/good.zip"), sha256=wrong_sha)
+        prepare_esc50(
+            str(data), str(save), url=server.url("/good.zip"), sha256=wrong_sha
+        )
     assert wrong_sha in str(err.value) and good_sha in str(err.value)
     _assert_clean(data)
     assert os.listdir(data) == []  # nothing unpacked at all
     assert not save.exists() or not os.listdir(save)
 
-    manifests = prepare_esc50(str(data), str(save), url=server.url("/good.zip"), sha256=good_sha)
+    manifests = prepare_esc50(
+        str(data), str(save), url=server.url("/good.zip"), sha256=good_sha
+    )
     _assert_default_split(manifests, source)
     assert not (data / PART).exists() and not (data / SCRATCH).exists()
 
 
-def test_download_and_extract_checksum_is_case_insensitive(server, archives, tmp_path):
+def test_download_and_extract_checksum_is_case_insensitive(
+    server, archives, tmp_path
+):
     good_sha = hashlib.sha256(archives["/good.zip"][0]).hexdigest()
     fileio.download_and_extract(
-        server.url("/good.zip"), str(tmp_path / "d"), "meta/esc50.csv", sha256=good_sha.upper()
+        server.url("/good.zip"),
+        str(tmp_path / "d"),
+        "meta/esc50.csv",
+        sha256=good_sha.upper(),
     )
     assert (tmp_path / "d" / "meta" / "esc50.csv").is_file()
 
@@ -244,14 +284,24 @@ def test_download_and_extract_checksum_is_case_insensitive(server, archives, tmp
 # Fold checks
 # --------------------------------------------------------------------------
 
-DEFAULT = {"train_fold_nums": [1, 2, 3], "valid_fold_nums": [4], "test_fold_nums": [5]}
+DEFAULT = {
+    "train_fold_nums": [1, 2, 3],
+    "valid_fold_nums": [4],
+    "test_fold_nums": [5],
+}
 
 
 @pytest.mark.parametrize(
     "override, must_mention",
     [
-        ({"valid_fold_nums": [3]}, ["train_fold_nums", "valid_fold_nums", "[3]"]),
-        ({"test_fold_nums": [4, 5]}, ["valid_fold_nums", "test_fold_nums", "[4]"]),
+        (
+            {"valid_fold_nums": [3]},
+            ["train_fold_nums", "valid_fold_nums", "[3]"],
+        ),
+        (
+            {"test_fold_nums": [4, 5]},
+            ["valid_fold_nums", "test_fold_nums", "[4]"],
+        ),
         ({"train_fold_nums": [0, 1, 2]}, ["train_fold_nums", "[0]"]),
         ({"test_fold_nums": [6]}, ["test_fold_nums", "[6]"]),
         ({"valid_fold_nums": [1.5]}, ["valid_fold_nums", "1.5"]),
@@ -260,13 +310,30 @@ DEFAULT = {"train_fold_nums": [1, 2, 3], "valid_fold_nums": [4], "test_fold_nums
         ({"valid_fold_nums": []}, ["valid_fold_nums"]),
         ({"train_fold_nums": ()}, ["train_fold_nums"]),
     ],
-    ids=["overlap-train-valid", "overlap-valid-test", "zero", "six", "float", "string", "bool", "empty", "empty-tuple"],
+    ids=[
+        "overlap-train-valid",
+        "overlap-valid-test",
+        "zero",
+        "six",
+        "float",
+        "string",
+        "bool",
+        "empty",
+        "empty-tuple",
+    ],
 )
-def test_bad_folds_raise_before_anything(server, tmp_path, override, must_mention):
+def test_bad_folds_raise_before_anything(
+    server, tmp_path, override, must_mention
+):
     data, save = tmp_path / "data", tmp_path / "save"
     n_requests = len(server.requests)
     with pytest.raises(ValueError) as err:
-        prepare_esc50(str(data), str(save), url=server.url("/good.zip"), **dict(DEFAULT, **override))
+        prepare_esc50(
+            str(data),
+            str(save),
+            url=server.url("/good.zip"),
+            **dict(DEFAULT, **override),
+        )
     for text in must_mention:
         assert text in str(err.value)
     # Checked before the (600 MB) download and before any manifest.
@@ -278,7 +345,13 @@ def test_bad_folds_raise_before_anything(server, tmp_path, override, must_mentio
 def test_bad_folds_on_present_data_write_no_manifest(data_copy, tmp_path):
     save = tmp_path / "save"
     with pytest.raises(ValueError, match="test_fold_nums"):
-        prepare_esc50(str(data_copy), str(save), train_fold_nums=[1, 2], valid_fold_nums=[3], test_fold_nums=[3])
+        prepare_esc50(
+            str(data_copy),
+            str(save),
+            train_fold_nums=[1, 2],
+            valid_fold_nums=[3],
+            test_fold_nums=[3],
+        )
     assert not (save / "train.json").exists()
     assert not (save / "test.json").exists()
 
@@ -307,7 +380,9 @@ def _age(paths):
         os.utime(p, ns=(OLD_NS, OLD_NS))
 
 
-def test_manifests_skipped_when_unchanged_and_rebuilt_when_folds_change(data_copy, tmp_path):
+def test_manifests_skipped_when_unchanged_and_rebuilt_when_folds_change(
+    data_copy, tmp_path
+):
     save = tmp_path / "save"
     manifests = prepare_esc50(str(data_copy), str(save))
     files = list(manifests.values()) + [str(save / "esc50_prepare.json")]
@@ -318,11 +393,15 @@ def test_manifests_skipped_when_unchanged_and_rebuilt_when_folds_change(data_cop
     again = prepare_esc50(str(data_copy), str(save))
     assert again == manifests
     for p in files:
-        assert os.stat(p).st_mtime_ns == OLD_NS, f"{p} was rewritten although nothing changed"
+        assert os.stat(p).st_mtime_ns == OLD_NS, (
+            f"{p} was rewritten although nothing changed"
+        )
         assert open(p).read() == before[p]
 
     # Folds changed: test [5] -> [4], valid [4] -> [5]: manifests rebuilt.
-    prepare_esc50(str(data_copy), str(save), valid_fold_nums=[5], test_fold_nums=[4])
+    prepare_esc50(
+        str(data_copy), str(save), valid_fold_nums=[5], test_fold_nums=[4]
+    )
     data = _load_manifests(manifests)
     assert {e["fold"] for e in data["test"].values()} == {4}
     assert {e["fold"] for e in data["valid"].values()} == {5}
@@ -332,7 +411,13 @@ def test_manifests_skipped_when_unchanged_and_rebuilt_when_folds_change(data_cop
         assert os.stat(p).st_mtime_ns != OLD_NS
 
     # Train folds changed as well.
-    prepare_esc50(str(data_copy), str(save), train_fold_nums=[1, 2], valid_fold_nums=[3], test_fold_nums=[4, 5])
+    prepare_esc50(
+        str(data_copy),
+        str(save),
+        train_fold_nums=[1, 2],
+        valid_fold_nums=[3],
+        test_fold_nums=[4, 5],
+    )
     data = _load_manifests(manifests)
     assert {e["fold"] for e in data["train"].values()} == {1, 2}
     assert {e["fold"] for e in data["valid"].values()} == {3}
@@ -340,10 +425,14 @@ def test_manifests_skipped_when_unchanged_and_rebuilt_when_folds_change(data_cop
     assert len(data["test"]) == 2 * CLIPS_PER_FOLD
 
 
-def test_manifests_rebuilt_when_sample_rate_or_length_change(data_copy, tmp_path):
+def test_manifests_rebuilt_when_sample_rate_or_length_change(
+    data_copy, tmp_path
+):
     save = tmp_path / "save"
     manifests = prepare_esc50(str(data_copy), str(save))
-    prepare_esc50(str(data_copy), str(save), sample_rate=8000, signal_length_s=2.0)
+    prepare_esc50(
+        str(data_copy), str(save), sample_rate=8000, signal_length_s=2.0
+    )
     data = _load_manifests(manifests)
     for entries in data.values():
         for entry in entries.values():
@@ -365,7 +454,9 @@ def test_manifest_follows_csv_row_order(data_copy, tmp_path):
     train = _load_manifests(manifests)["train"]
 
     expected_rows = [r for r in rows if int(r["fold"]) in (1, 2, 3)]
-    assert list(train) == [os.path.splitext(r["filename"])[0] for r in expected_rows]
+    assert list(train) == [
+        os.path.splitext(r["filename"])[0] for r in expected_rows
+    ]
     assert list(train) != sorted(train)  # the check is not vacuous
 
     def first_seen(items):
@@ -384,7 +475,9 @@ def test_manifest_follows_csv_row_order(data_copy, tmp_path):
         assert entry["category"] == r["category"]
         assert entry["target"] == int(r["target"])
         assert entry["fold"] == int(r["fold"])
-        assert entry["source"] == os.path.join(str(data_copy), "audio", r["filename"])
+        assert entry["source"] == os.path.join(
+            str(data_copy), "audio", r["filename"]
+        )
 
 
 # --------------------------------------------------------------------------
@@ -393,7 +486,9 @@ def test_manifest_follows_csv_row_order(data_copy, tmp_path):
 
 
 def _pick(folder, fold):
-    return next(r["filename"] for r in _csv_rows(folder) if int(r["fold"]) == fold)
+    return next(
+        r["filename"] for r in _csv_rows(folder) if int(r["fold"]) == fold
+    )
 
 
 def test_corrupt_wav_raises_runtime_error_naming_file(data_copy, tmp_path):
@@ -432,7 +527,9 @@ def test_load_clip_corrupt_file_names_path(tmp_path):
 # --------------------------------------------------------------------------
 
 
-def test_interrupted_rebuild_does_not_leave_stale_manifests(data_copy, tmp_path):
+def test_interrupted_rebuild_does_not_leave_stale_manifests(
+    data_copy, tmp_path
+):
     """A rebuild that fails half-way must not let a later run skip
     preparation with manifests from the failed options.
 
@@ -456,7 +553,9 @@ def test_interrupted_rebuild_does_not_leave_stale_manifests(data_copy, tmp_path)
     data = _load_manifests(manifests)
     for split, entries in data.items():
         for clip_id, entry in entries.items():
-            assert np.load(entry["wav"]).shape == (N_SAMPLES,), f"{split}/{clip_id} uses {entry['wav']}"
+            assert np.load(entry["wav"]).shape == (N_SAMPLES,), (
+                f"{split}/{clip_id} uses {entry['wav']}"
+            )
 
 
 def test_cache_not_reused_across_data_folders(source, tmp_path):
@@ -465,9 +564,16 @@ def test_cache_not_reused_across_data_folders(source, tmp_path):
     (data_folder is part of the options), but the cached clips must come from
     the new data_folder, not from the first one."""
     other = tmp_path / "other"
-    synthetic_esc50.generate(str(other), n_classes=N_CLASSES, clips_per_fold=CLIPS_PER_FOLD, seed=1,
-                            sample_rate=SOURCE_SR)
-    assert sorted(os.listdir(other / "audio")) == sorted(os.listdir(source / "audio"))
+    synthetic_esc50.generate(
+        str(other),
+        n_classes=N_CLASSES,
+        clips_per_fold=CLIPS_PER_FOLD,
+        seed=1,
+        sample_rate=SOURCE_SR,
+    )
+    assert sorted(os.listdir(other / "audio")) == sorted(
+        os.listdir(source / "audio")
+    )
     save = tmp_path / "save"
     prepare_esc50(str(source), str(save))
     manifests = prepare_esc50(str(other), str(save))
@@ -475,7 +581,9 @@ def test_cache_not_reused_across_data_folders(source, tmp_path):
         for entry in entries.values():
             assert entry["source"].startswith(str(other))
             expected = load_clip(entry["source"], 16000, 5.0).numpy()
-            np.testing.assert_allclose(np.load(entry["wav"]), expected, atol=1e-6)
+            np.testing.assert_allclose(
+                np.load(entry["wav"]), expected, atol=1e-6
+            )
 
 
 # --------------------------------------------------------------------------

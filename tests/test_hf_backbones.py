@@ -14,17 +14,51 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from conftest import N_CLASSES, ROOT, classifier_args, run_script
-from test_recipes import METRIC_RANGES, check_interpretations, check_test_metrics
+from test_recipes import (
+    METRIC_RANGES,
+    check_interpretations,
+    check_test_metrics,
+)
 
-QUICK = ["--batch_size", 4, "--device", "cpu", "--noprogressbar", "--out_n_neurons", N_CLASSES]
+QUICK = [
+    "--batch_size",
+    4,
+    "--device",
+    "cpu",
+    "--noprogressbar",
+    "--out_n_neurons",
+    N_CLASSES,
+]
 # Shrunk architectures: seconds per run on 2 CPU cores
 TINY_ARCH = {
-    "focalnet": ["--embed_dim", 4, "--depths", "[1, 1, 1, 1]", "--image_size", 64],
-    "vit": ["--emb_dim", 16, "--num_hidden_layers", 1, "--num_attention_heads", 2, "--intermediate_size", 32,
-            "--image_size", 32, "--patch_size", 8],
+    "focalnet": [
+        "--embed_dim",
+        4,
+        "--depths",
+        "[1, 1, 1, 1]",
+        "--image_size",
+        64,
+    ],
+    "vit": [
+        "--emb_dim",
+        16,
+        "--num_hidden_layers",
+        1,
+        "--num_attention_heads",
+        2,
+        "--intermediate_size",
+        32,
+        "--image_size",
+        32,
+        "--patch_size",
+        8,
+    ],
 }
 # (script, config prefix, extra overrides)
-METHODS = [("interpret_amt.py", "amt", []), ("train_piq.py", "piq", ["--K", 48, "--number_of_epochs", 1])]
+METHODS = [
+    ("interpret_amt.py", "amt", []),
+    ("train_piq.py", "piq", ["--K", 48, "--number_of_epochs", 1]),
+]
 
 
 @pytest.fixture(scope="session")
@@ -34,42 +68,83 @@ def hf_classifiers(synthetic_data, tmp_path_factory):
     for arch, tiny in TINY_ARCH.items():
         folders[arch] = tmp_path_factory.mktemp(f"classifier_{arch}")
         run_script(
-            "train_classifier.py", f"hparams/classifier_{arch}.yaml", "--data_folder", synthetic_data,
-            "--output_folder", folders[arch], "--number_of_epochs", 1, *QUICK, *tiny,
+            "train_classifier.py",
+            f"hparams/classifier_{arch}.yaml",
+            "--data_folder",
+            synthetic_data,
+            "--output_folder",
+            folders[arch],
+            "--number_of_epochs",
+            1,
+            *QUICK,
+            *tiny,
         )
     return folders
 
 
 @pytest.mark.parametrize("arch", TINY_ARCH)
-@pytest.mark.parametrize("script,method,extra", METHODS, ids=[m[1] for m in METHODS])
-def test_method_on_hf_classifier(script, method, extra, arch, synthetic_data, hf_classifiers, tmp_path):
+@pytest.mark.parametrize(
+    "script,method,extra", METHODS, ids=[m[1] for m in METHODS]
+)
+def test_method_on_hf_classifier(
+    script, method, extra, arch, synthetic_data, hf_classifiers, tmp_path
+):
     """Run, then --test_only: metrics, the same numbers, interpretations, the classifier's mapping."""
     out = tmp_path / "run"
-    common = ["--data_folder", synthetic_data, "--output_folder", out, *classifier_args(hf_classifiers[arch]),
-              *QUICK, *TINY_ARCH[arch], *extra]
-    proc = run_script(script, f"hparams/{method}_{arch}.yaml", *common, "--save_interpretations", False)
+    common = [
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        *classifier_args(hf_classifiers[arch]),
+        *QUICK,
+        *TINY_ARCH[arch],
+        *extra,
+    ]
+    proc = run_script(
+        script,
+        f"hparams/{method}_{arch}.yaml",
+        *common,
+        "--save_interpretations",
+        False,
+    )
     assert "valid fidelity_in" in (out / "train_log.txt").read_text()
     assert "label mapping from" in proc.stdout + proc.stderr
     first = check_test_metrics(out)
     assert not (out / "interpretations").exists()
 
-    proc = run_script(script, f"hparams/{method}_{arch}.yaml", *common, "--test_only")
+    proc = run_script(
+        script, f"hparams/{method}_{arch}.yaml", *common, "--test_only"
+    )
     assert "Going into epoch" not in proc.stdout + proc.stderr
     check_interpretations(out)
     again = check_test_metrics(out)
     for name in METRIC_RANGES:
         assert again[name] == pytest.approx(first[name], abs=1e-5), name
-    assert (out / "save" / "label_encoder.txt").read_text() == (hf_classifiers[arch] / "label_encoder.txt").read_text()
+    assert (out / "save" / "label_encoder.txt").read_text() == (
+        hf_classifiers[arch] / "label_encoder.txt"
+    ).read_text()
     if method == "amt":  # binary masks keeping the top 10% of the bins
         assert first["SPS"] == pytest.approx(0.9, abs=0.01)
 
 
-def test_amt_test_only_needs_no_checkpoint(synthetic_data, hf_classifiers, tmp_path):
+def test_amt_test_only_needs_no_checkpoint(
+    synthetic_data, hf_classifiers, tmp_path
+):
     """AMT trains nothing: --test_only on a fresh folder evaluates the test folds only."""
     run_script(
-        "interpret_amt.py", "hparams/amt_vit.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
-        *classifier_args(hf_classifiers["vit"]), *QUICK, *TINY_ARCH["vit"], "--test_only",
-        "--save_interpretations", False,
+        "interpret_amt.py",
+        "hparams/amt_vit.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path,
+        *classifier_args(hf_classifiers["vit"]),
+        *QUICK,
+        *TINY_ARCH["vit"],
+        "--test_only",
+        "--save_interpretations",
+        False,
     )
     check_test_metrics(tmp_path)
     assert "valid" not in (tmp_path / "train_log.txt").read_text()
@@ -84,7 +159,10 @@ def load_yaml(name, overrides):
 def tiny_overrides(arch):
     """TINY_ARCH[arch] as a YAML overrides dict."""
     args = TINY_ARCH[arch]
-    return {str(key).lstrip("-"): yaml.safe_load(str(value)) for key, value in zip(args[::2], args[1::2])}
+    return {
+        str(key).lstrip("-"): yaml.safe_load(str(value))
+        for key, value in zip(args[::2], args[1::2])
+    }
 
 
 def test_trained_checkpoints_load_strictly_and_wrong_ones_fail(hf_classifiers):
@@ -94,12 +172,23 @@ def test_trained_checkpoints_load_strictly_and_wrong_ones_fail(hf_classifiers):
 
     for arch in TINY_ARCH:
         for method in ("amt", "piq"):
-            hparams = load_yaml(f"{method}_{arch}.yaml", {**tiny_overrides(arch), "out_n_neurons": N_CLASSES})
-            strict_load(hparams["embedding_model"], hf_classifiers[arch] / "embedding_model.ckpt")
-            strict_load(hparams["classifier"], hf_classifiers[arch] / "classifier.ckpt")
+            hparams = load_yaml(
+                f"{method}_{arch}.yaml",
+                {**tiny_overrides(arch), "out_n_neurons": N_CLASSES},
+            )
+            strict_load(
+                hparams["embedding_model"],
+                hf_classifiers[arch] / "embedding_model.ckpt",
+            )
+            strict_load(
+                hparams["classifier"], hf_classifiers[arch] / "classifier.ckpt"
+            )
     hparams = load_yaml("amt_vit.yaml", tiny_overrides("vit"))
     with pytest.raises(RuntimeError, match="does not match"):
-        strict_load(hparams["embedding_model"], hf_classifiers["focalnet"] / "embedding_model.ckpt")
+        strict_load(
+            hparams["embedding_model"],
+            hf_classifiers["focalnet"] / "embedding_model.ckpt",
+        )
 
 
 def test_focalnet_hook_captures_one_modulator_per_stage():
@@ -110,20 +199,34 @@ def test_focalnet_hook_captures_one_modulator_per_stage():
         maps, logits = backbone.activation_maps(torch.rand(2, 431, 513))
         hidden, same_logits = backbone(torch.rand(2, 431, 513))
     assert len(maps) == len(stages) == 4
-    assert [tuple(m.shape) for m in maps] == [(2, 16, 16), (2, 8, 8), (2, 4, 4), (2, 2, 2)]
+    assert [tuple(m.shape) for m in maps] == [
+        (2, 16, 16),
+        (2, 8, 8),
+        (2, 4, 4),
+        (2, 2, 2),
+    ]
     assert all((m >= 0).all() for m in maps)  # L2 norms
     assert logits.shape == (2, 50) and hidden.shape == (2, 32, 2, 2)
-    assert all(not stage.layers[-1].modulation.projection_context._forward_hooks for stage in stages)
+    assert all(
+        not stage.layers[-1].modulation.projection_context._forward_hooks
+        for stage in stages
+    )
 
 
 def test_vit_attention_map():
     """CLS-to-patch attention on the patch grid; an sdpa-built ViT fails clearly."""
     hparams = load_yaml("amt_vit.yaml", tiny_overrides("vit"))
     with torch.no_grad():
-        (attention,), logits = hparams["backbone"].eval().activation_maps(torch.rand(2, 431, 513))
+        (attention,), logits = (
+            hparams["backbone"].eval().activation_maps(torch.rand(2, 431, 513))
+        )
     assert attention.shape == (2, 4, 4) and logits.shape == (2, 50)
-    assert (attention > 0).all() and (attention.sum((1, 2)) < 1).all()  # the CLS key holds the rest
-    hparams = load_yaml("piq_vit.yaml", tiny_overrides("vit"))  # default sdpa attention
+    assert (attention > 0).all() and (
+        attention.sum((1, 2)) < 1
+    ).all()  # the CLS key holds the rest
+    hparams = load_yaml(
+        "piq_vit.yaml", tiny_overrides("vit")
+    )  # default sdpa attention
     with pytest.raises(RuntimeError, match="eager"), torch.no_grad():
         hparams["backbone"].eval().activation_maps(torch.rand(1, 431, 513))
 
@@ -133,18 +236,27 @@ def test_amt_mask_keeps_the_quantile():
     from interpret_amt import resize_map, threshold_mask
 
     T, F, q = 431, 513, 0.9
-    saliency = torch.stack([torch.randperm(T * F).float().view(T, F) for _ in range(2)])
+    saliency = torch.stack(
+        [torch.randperm(T * F).float().view(T, F) for _ in range(2)]
+    )
     mask = threshold_mask(saliency, q)
     n = T * F
-    expected = n - math.ceil(q * (n - 1))  # torch.quantile interpolates between order statistics
+    expected = n - math.ceil(
+        q * (n - 1)
+    )  # torch.quantile interpolates between order statistics
     assert mask.sum((1, 2)).tolist() == [expected, expected]
     assert abs(expected / n - 0.1) < 1e-4
     assert torch.equal(mask.bool(), saliency >= n - expected)
-    assert threshold_mask(torch.ones(1, 4, 4), q).sum() == 16  # ties at the threshold are kept
+    assert (
+        threshold_mask(torch.ones(1, 4, 4), q).sum() == 16
+    )  # ties at the threshold are kept
     assert resize_map(torch.rand(3, 7, 7), (T, F)).shape == (3, T, F)
 
 
-@pytest.mark.parametrize("arch,hidden_shape", [("focalnet", (1, 1024, 7, 7)), ("vit", (1, 768, 14, 14))])
+@pytest.mark.parametrize(
+    "arch,hidden_shape",
+    [("focalnet", (1, 1024, 7, 7)), ("vit", (1, 768, 14, 14))],
+)
 def test_full_size_configs_build_offline(arch, hidden_shape):
     """The default YAMLs build focalnet-base / vit-base-patch16-224 from their
     configs (no download) and classify one clip."""

@@ -26,11 +26,16 @@ def reference_mask(H, classes, theta, decoder, relevance_th, eps=1e-10):
 def test_batched_mask_equals_clip_by_clip(seed):
     torch.manual_seed(seed)
     K, T, F, C, B = 12, 30, 40, 5, 6
-    theta, decoder = Theta(n_comp=K, T=T, num_classes=C), NMFDecoderAudio(n_comp=K, n_freq=F)
+    theta, decoder = (
+        Theta(n_comp=K, T=T, num_classes=C),
+        NMFDecoderAudio(n_comp=K, n_freq=F),
+    )
     H = torch.rand(B, K, T) * (torch.rand(B, K, 1) > 0.3)
     classes = torch.randint(0, C, (B,))
     with torch.no_grad():
-        batched = relevant_mask(H, decoder(H), classes, theta, decoder, relevance_th=0.2)
+        batched = relevant_mask(
+            H, decoder(H), classes, theta, decoder, relevance_th=0.2
+        )
         reference = reference_mask(H, classes, theta, decoder, relevance_th=0.2)
     assert batched.shape == (B, F, T)
     assert torch.allclose(batched, reference, atol=1e-6)

@@ -111,7 +111,9 @@ def test_average_drop_applies_no_softmax():
     sp, sp_in = torch.softmax(P, 1), torch.softmax(P_IN, 1)
     p_c, p_in_c = sp[0, 0], sp_in[0, 0]
     twice = float(100 * (p_c - p_in_c).clamp(min=0) / p_c)
-    assert twice == pytest.approx(24.91, abs=0.01)  # what a double softmax gives
+    assert twice == pytest.approx(
+        24.91, abs=0.01
+    )  # what a double softmax gives
     assert abs(float(ad[0]) - twice) > 20
 
 
@@ -152,7 +154,12 @@ def test_sparseness_hand_computed_uses_abs():
     """|M| = [0, 1, 1, 2] (n = 4): G = sum_i (2i-n-1) a_(i) / (n sum a)
     = (-3*0 - 1*1 + 1*1 + 3*2) / (4*4) = 6/16 = 0.375. The signs of M are
     dropped (|M|), so [-2, 1, 0, 1] gives the same value."""
-    _close(metrics.sparseness(torch.tensor([[0.0, 1.0, 1.0, 2.0], [-2.0, 1.0, 0.0, 1.0]])), [0.375, 0.375])
+    _close(
+        metrics.sparseness(
+            torch.tensor([[0.0, 1.0, 1.0, 2.0], [-2.0, 1.0, 0.0, 1.0]])
+        ),
+        [0.375, 0.375],
+    )
 
 
 def test_complexity_hand_computed():
@@ -175,7 +182,9 @@ def test_all_zero_mask_is_nan_for_that_clip_only():
     out = metrics.per_clip_metrics(p, p, p, mask, p.argmax(1))
     for key, values in out.items():
         if key in ("SPS", "COMP"):
-            assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2]]).all(), key
+            assert (
+                torch.isnan(values[1]) and torch.isfinite(values[[0, 2]]).all()
+            ), key
         else:
             assert torch.isfinite(values).all(), key
 
@@ -187,7 +196,7 @@ def test_sps_and_comp_ranges_on_random_masks():
     assert ((sps >= 0) & (sps < 1)).all()
     assert ((comp >= 0) & (comp <= math.log(600) + 1e-9)).all()
     # Sparser masks score higher SPS and lower COMP.
-    sparser = mask ** 4
+    sparser = mask**4
     assert (metrics.sparseness(sparser) > sps).all()
     assert (metrics.complexity(sparser) < comp).all()
 
@@ -213,8 +222,12 @@ def _quantus_scores(masks):
     y = np.zeros(a.shape[0], dtype=int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sps = quantus.Sparseness(disable_warnings=True)(model=None, x_batch=x, y_batch=y, a_batch=a.copy())
-        comp = quantus.Complexity(disable_warnings=True)(model=None, x_batch=x, y_batch=y, a_batch=a.copy())
+        sps = quantus.Sparseness(disable_warnings=True)(
+            model=None, x_batch=x, y_batch=y, a_batch=a.copy()
+        )
+        comp = quantus.Complexity(disable_warnings=True)(
+            model=None, x_batch=x, y_batch=y, a_batch=a.copy()
+        )
     return np.asarray(sps, dtype=np.float64), np.asarray(comp, dtype=np.float64)
 
 
@@ -251,8 +264,14 @@ def test_sps_and_comp_match_quantus_for_float32_masks_of_mask_shape():
     rng = np.random.default_rng(7)
     masks = rng.random((3, 43, 51)).astype(np.float32) ** 3
     q_sps, q_comp = _quantus_scores(masks[:, None])
-    np.testing.assert_allclose(metrics.sparseness(torch.from_numpy(masks)).numpy(), q_sps, atol=SPS_ATOL)
-    np.testing.assert_allclose(metrics.complexity(torch.from_numpy(masks)).numpy(), q_comp, atol=1e-6)
+    np.testing.assert_allclose(
+        metrics.sparseness(torch.from_numpy(masks)).numpy(),
+        q_sps,
+        atol=SPS_ATOL,
+    )
+    np.testing.assert_allclose(
+        metrics.complexity(torch.from_numpy(masks)).numpy(), q_comp, atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------
@@ -293,7 +312,9 @@ def test_every_metric_returns_one_value_per_clip(batch):
     for key, value in out.items():
         assert value.shape == (batch,), key
         assert torch.isfinite(value).all(), key
-        torch.testing.assert_close(value.double(), singles[key].double(), msg=key)
+        torch.testing.assert_close(
+            value.double(), singles[key].double(), msg=key
+        )
 
 
 def test_higher_is_better_names_exactly_the_returned_metrics():
@@ -301,4 +322,6 @@ def test_higher_is_better_names_exactly_the_returned_metrics():
     out = metrics.per_clip_metrics(p, p, p, torch.rand(2, 3, 3), p.argmax(1))
     assert set(metrics.HIGHER_IS_BETTER) == set(out)
     assert len(metrics.HIGHER_IS_BETTER) == 8
-    assert metrics.HIGHER_IS_BETTER == EXPECTED_DIRECTIONS  # METHODS.md §5 table
+    assert (
+        metrics.HIGHER_IS_BETTER == EXPECTED_DIRECTIONS
+    )  # METHODS.md §5 table

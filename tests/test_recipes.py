@@ -15,18 +15,43 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import N_CLASSES, ROOT, TINY, TINY_PIQ, classifier_args, replace_arg, run_script
+from conftest import (
+    N_CLASSES,
+    ROOT,
+    TINY,
+    TINY_PIQ,
+    classifier_args,
+    replace_arg,
+    run_script,
+)
 
 # (script, hparams file, tiny overrides, needs an NMF dictionary)
 METHODS = [
     ("train_piq.py", "hparams/piq.yaml", TINY_PIQ, False),
-    ("train_l2i.py", "hparams/l2i_conv2d.yaml", TINY + ["--out_n_neurons", N_CLASSES], True),
+    (
+        "train_l2i.py",
+        "hparams/l2i_conv2d.yaml",
+        TINY + ["--out_n_neurons", N_CLASSES],
+        True,
+    ),
 ]
 METRIC_RANGES = {
-    "accuracy": (0, 1), "fidelity_in": (0, 1), "faithfulness": (-1, 1), "AI": (0, 100),
-    "AD": (0, 100), "AG": (0, 100), "SPS": (0, 1), "COMP": (0, math.log(431 * 513)),
+    "accuracy": (0, 1),
+    "fidelity_in": (0, 1),
+    "faithfulness": (-1, 1),
+    "AI": (0, 100),
+    "AD": (0, 100),
+    "AG": (0, 100),
+    "SPS": (0, 1),
+    "COMP": (0, math.log(431 * 513)),
 }
-RUN_FILES = ("train_log.txt", "log.txt", "env.log", "hyperparams.yaml", "save/label_encoder.txt")
+RUN_FILES = (
+    "train_log.txt",
+    "log.txt",
+    "env.log",
+    "hyperparams.yaml",
+    "save/label_encoder.txt",
+)
 N_TEST_CLIPS = 4  # fold 5 of the generated data
 
 
@@ -41,12 +66,22 @@ def check_test_metrics(folder, n_clips=N_TEST_CLIPS):
     return results
 
 
-def check_interpretations(folder, n_clips=N_TEST_CLIPS, subfolder="interpretations", extra=()):
+def check_interpretations(
+    folder, n_clips=N_TEST_CLIPS, subfolder="interpretations", extra=()
+):
     """Every test clip has its four files (and ``extra`` ones); masks are
     float32 [431, 513] in [0, 1]; every wav is 5 s at 16 kHz and finite."""
     clips = sorted(os.listdir(os.path.join(folder, subfolder)))
     assert len(clips) == n_clips
-    expected = sorted(["interpretation.wav", "mask.npy", "original.wav", "spectra.png", *extra])
+    expected = sorted(
+        [
+            "interpretation.wav",
+            "mask.npy",
+            "original.wav",
+            "spectra.png",
+            *extra,
+        ]
+    )
     for clip in clips:
         clip_folder = os.path.join(folder, subfolder, clip)
         assert sorted(os.listdir(clip_folder)) == expected
@@ -55,17 +90,50 @@ def check_interpretations(folder, n_clips=N_TEST_CLIPS, subfolder="interpretatio
         assert mask.min() >= 0 and mask.max() <= 1
         for name in [name for name in expected if name.endswith(".wav")]:
             audio, sr = sf.read(os.path.join(clip_folder, name))
-            assert sr == 16000 and audio.shape == (80000,) and np.isfinite(audio).all()
+            assert (
+                sr == 16000
+                and audio.shape == (80000,)
+                and np.isfinite(audio).all()
+            )
 
 
-@pytest.mark.parametrize("script,hparams_file,tiny,nmf", METHODS, ids=[m[1] for m in METHODS])
-def test_method_contract(script, hparams_file, tiny, nmf, synthetic_data, trained_classifier, request, tmp_path):
+@pytest.mark.parametrize(
+    "script,hparams_file,tiny,nmf", METHODS, ids=[m[1] for m in METHODS]
+)
+def test_method_contract(
+    script,
+    hparams_file,
+    tiny,
+    nmf,
+    synthetic_data,
+    trained_classifier,
+    request,
+    tmp_path,
+):
     """Train (2 epochs) then --test_only: all outputs, metrics and interpretations."""
     out = tmp_path / "run"
-    common = ["--data_folder", synthetic_data, "--output_folder", out, *classifier_args(trained_classifier), *tiny]
+    common = [
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        *classifier_args(trained_classifier),
+        *tiny,
+    ]
     if nmf:
-        common += ["--nmf_decoder_path", request.getfixturevalue("trained_nmf") / "nmf_decoder.ckpt"]
-    run_script(script, hparams_file, *common, "--number_of_epochs", 2, "--save_interpretations", False)
+        common += [
+            "--nmf_decoder_path",
+            request.getfixturevalue("trained_nmf") / "nmf_decoder.ckpt",
+        ]
+    run_script(
+        script,
+        hparams_file,
+        *common,
+        "--number_of_epochs",
+        2,
+        "--save_interpretations",
+        False,
+    )
     for name in RUN_FILES + (script,):
         assert (out / name).is_file(), name
     assert not (out / "interpretations").exists()
@@ -73,7 +141,9 @@ def test_method_contract(script, hparams_file, tiny, nmf, synthetic_data, traine
     assert "epoch: 2" in train_log and "valid fidelity_in" in train_log
     trained = check_test_metrics(out)
 
-    proc = run_script(script, hparams_file, *common, "--number_of_epochs", 2, "--test_only")
+    proc = run_script(
+        script, hparams_file, *common, "--number_of_epochs", 2, "--test_only"
+    )
     assert "Going into epoch" not in proc.stdout + proc.stderr + proc.stdout
     check_interpretations(out)
     # --test_only loads the same best checkpoint: same numbers
@@ -81,64 +151,153 @@ def test_method_contract(script, hparams_file, tiny, nmf, synthetic_data, traine
     for name in METRIC_RANGES:
         assert retested[name] == pytest.approx(trained[name], abs=1e-5), name
     # the classifier's own mapping is used and saved
-    assert (out / "save" / "label_encoder.txt").read_text() == (trained_classifier / "label_encoder.txt").read_text()
+    assert (out / "save" / "label_encoder.txt").read_text() == (
+        trained_classifier / "label_encoder.txt"
+    ).read_text()
 
 
 def test_classifier_export(trained_classifier):
     """train_classifier.py leaves the files the interpreter configs load."""
-    for name in ("embedding_model.ckpt", "classifier.ckpt", "label_encoder.txt", "train_log.txt"):
+    for name in (
+        "embedding_model.ckpt",
+        "classifier.ckpt",
+        "label_encoder.txt",
+        "train_log.txt",
+    ):
         assert (trained_classifier / name).is_file(), name
-    assert "test error_rate" in (trained_classifier / "train_log.txt").read_text()
+    assert (
+        "test error_rate" in (trained_classifier / "train_log.txt").read_text()
+    )
 
 
-def test_test_only_without_checkpoint_fails_clearly(synthetic_data, trained_classifier, tmp_path):
+def test_test_only_without_checkpoint_fails_clearly(
+    synthetic_data, trained_classifier, tmp_path
+):
     proc = run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path / "empty",
-        *classifier_args(trained_classifier), *TINY_PIQ, "--test_only", expect_ok=False,
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path / "empty",
+        *classifier_args(trained_classifier),
+        *TINY_PIQ,
+        "--test_only",
+        expect_ok=False,
     )
     assert "--test_only: no checkpoint" in proc.stdout + proc.stderr
     assert not (tmp_path / "empty" / "test_metrics.json").exists()
 
 
-def test_resume_after_interrupted_training(synthetic_data, trained_classifier, tmp_path):
+def test_resume_after_interrupted_training(
+    synthetic_data, trained_classifier, tmp_path
+):
     """A run stopped after epoch 1 resumes at epoch 2 instead of starting over."""
-    common = ["--data_folder", synthetic_data, "--output_folder", tmp_path, *classifier_args(trained_classifier),
-              *TINY_PIQ, "--save_interpretations", False]
-    run_script("train_piq.py", "hparams/piq.yaml", *common, "--number_of_epochs", 1)
-    proc = run_script("train_piq.py", "hparams/piq.yaml", *common, "--number_of_epochs", 2)
+    common = [
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path,
+        *classifier_args(trained_classifier),
+        *TINY_PIQ,
+        "--save_interpretations",
+        False,
+    ]
+    run_script(
+        "train_piq.py", "hparams/piq.yaml", *common, "--number_of_epochs", 1
+    )
+    proc = run_script(
+        "train_piq.py", "hparams/piq.yaml", *common, "--number_of_epochs", 2
+    )
     log = proc.stdout + proc.stderr
-    assert "Loading a checkpoint" in log and "Going into epoch 2" in log and "Going into epoch 1" not in log
+    assert (
+        "Loading a checkpoint" in log
+        and "Going into epoch 2" in log
+        and "Going into epoch 1" not in log
+    )
     train_log = (tmp_path / "train_log.txt").read_text()
-    assert train_log.count("epoch: 1,") == 1 and train_log.count("epoch: 2,") == 1
+    assert (
+        train_log.count("epoch: 1,") == 1 and train_log.count("epoch: 2,") == 1
+    )
 
 
-def test_bf16_and_channels_last_off(synthetic_data, trained_classifier, tmp_path):
+def test_bf16_and_channels_last_off(
+    synthetic_data, trained_classifier, tmp_path
+):
     """SpeechBrain's bf16 autocast goes through the whole step, metrics included."""
     run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
-        *classifier_args(trained_classifier), *TINY_PIQ, "--number_of_epochs", 1,
-        "--precision", "bf16", "--eval_precision", "bf16", "--channels_last", False,
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path,
+        *classifier_args(trained_classifier),
+        *TINY_PIQ,
+        "--number_of_epochs",
+        1,
+        "--precision",
+        "bf16",
+        "--eval_precision",
+        "bf16",
+        "--channels_last",
+        False,
     )
     bf16 = check_test_metrics(tmp_path)
     check_interpretations(tmp_path)
     # the same checkpoint evaluated in fp32: the metrics agree within bf16's resolution
     # (AI may flip one of the 4 clips when p_in_c and p_c are within rounding)
     run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
-        *classifier_args(trained_classifier), *TINY_PIQ, "--number_of_epochs", 1, "--test_only",
-        "--eval_precision", "fp32", "--channels_last", False, "--save_interpretations", False,
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path,
+        *classifier_args(trained_classifier),
+        *TINY_PIQ,
+        "--number_of_epochs",
+        1,
+        "--test_only",
+        "--eval_precision",
+        "fp32",
+        "--channels_last",
+        False,
+        "--save_interpretations",
+        False,
     )
     fp32 = check_test_metrics(tmp_path)
-    tolerance = {"faithfulness": 1e-3, "AI": 25.0, "AD": 1.0, "AG": 1.0, "SPS": 1e-3, "COMP": 1e-2, "accuracy": 0}
+    tolerance = {
+        "faithfulness": 1e-3,
+        "AI": 25.0,
+        "AD": 1.0,
+        "AG": 1.0,
+        "SPS": 1e-3,
+        "COMP": 1e-2,
+        "accuracy": 0,
+    }
     for name, tol in tolerance.items():
-        assert abs(bf16[name] - fp32[name]) <= tol, (name, bf16[name], fp32[name])
+        assert abs(bf16[name] - fp32[name]) <= tol, (
+            name,
+            bf16[name],
+            fp32[name],
+        )
 
 
-def test_wrong_checkpoint_fails_loudly(synthetic_data, trained_classifier, tmp_path):
+def test_wrong_checkpoint_fails_loudly(
+    synthetic_data, trained_classifier, tmp_path
+):
     """A checkpoint that does not fit the architecture is an error, not random weights."""
     proc = run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
-        *classifier_args(trained_classifier), *replace_arg(TINY_PIQ, "emb_dim", 24), expect_ok=False,
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path,
+        *classifier_args(trained_classifier),
+        *replace_arg(TINY_PIQ, "emb_dim", 24),
+        expect_ok=False,
     )
     log = proc.stdout + proc.stderr
     assert "does not match" in log and "embedding_model.ckpt" in log
@@ -146,14 +305,30 @@ def test_wrong_checkpoint_fails_loudly(synthetic_data, trained_classifier, tmp_p
 
 def test_bad_folds_fail_before_training(synthetic_data, tmp_path):
     proc = run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
-        "--use_pretrained", False, *TINY_PIQ, "--valid_fold_nums", "[3]", expect_ok=False,
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path,
+        "--use_pretrained",
+        False,
+        *TINY_PIQ,
+        "--valid_fold_nums",
+        "[3]",
+        expect_ok=False,
     )
     log = proc.stdout + proc.stderr
-    assert "ValueError" in log and "valid_fold_nums=[3]" in log and "share folds [3]" in log
+    assert (
+        "ValueError" in log
+        and "valid_fold_nums=[3]" in log
+        and "share folds [3]" in log
+    )
 
 
-def test_hub_code_path_from_local_cache(synthetic_data, trained_classifier, tmp_path):
+def test_hub_code_path_from_local_cache(
+    synthetic_data, trained_classifier, tmp_path
+):
     """piq.yaml's default hub id, resolved by huggingface_hub from a cache laid
     out as huggingface_hub writes it, offline."""
     revision = "0123456789abcdef0123456789abcdef01234567"
@@ -162,28 +337,67 @@ def test_hub_code_path_from_local_cache(synthetic_data, trained_classifier, tmp_
     snapshot.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    shutil.copy(trained_classifier / "embedding_model.ckpt", snapshot / "embedding_modelft.ckpt")
-    shutil.copy(trained_classifier / "classifier.ckpt", snapshot / "classifier.ckpt")
+    shutil.copy(
+        trained_classifier / "embedding_model.ckpt",
+        snapshot / "embedding_modelft.ckpt",
+    )
+    shutil.copy(
+        trained_classifier / "classifier.ckpt", snapshot / "classifier.ckpt"
+    )
     out = tmp_path / "run"
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     proc = run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", out,
-        *TINY_PIQ, "--number_of_epochs", 1, "--save_interpretations", False, env=env,
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        *TINY_PIQ,
+        "--number_of_epochs",
+        1,
+        "--save_interpretations",
+        False,
+        env=env,
     )
     collected = out / "save" / "pretrained" / "embedding_model.ckpt"
     assert os.path.realpath(collected).startswith(str(snapshot))
-    assert "label mapping from" in proc.stdout + proc.stderr  # public checkpoints: training-manifest order
-    assert "train.json" in (proc.stdout + proc.stderr).split("label mapping from")[1].split("\n")[0]
+    assert (
+        "label mapping from" in proc.stdout + proc.stderr
+    )  # public checkpoints: training-manifest order
+    assert (
+        "train.json"
+        in (proc.stdout + proc.stderr)
+        .split("label mapping from")[1]
+        .split("\n")[0]
+    )
     check_test_metrics(out)
 
 
 def test_ddp_two_cpu_processes(synthetic_data, trained_classifier, tmp_path):
     """torchrun with 2 gloo processes: each test clip evaluated once, files written once."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+    ]
     run_script(
-        "train_piq.py", "hparams/piq.yaml", "--data_folder", synthetic_data, "--output_folder", tmp_path,
-        *classifier_args(trained_classifier), *TINY_PIQ, "--number_of_epochs", 1,
-        "--distributed_backend", "gloo", launcher=launcher, env={"OMP_NUM_THREADS": "1"},
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        tmp_path,
+        *classifier_args(trained_classifier),
+        *TINY_PIQ,
+        "--number_of_epochs",
+        1,
+        "--distributed_backend",
+        "gloo",
+        launcher=launcher,
+        env={"OMP_NUM_THREADS": "1"},
     )
     check_test_metrics(tmp_path)
     check_interpretations(tmp_path)
@@ -193,32 +407,109 @@ def test_ddp_two_cpu_processes(synthetic_data, trained_classifier, tmp_path):
 # (script, config, overrides) run on the real sample clips; classes: dog,
 # car_horn, thunderstorm in the training folds
 SAMPLE_RUNS = [
-    ("train_piq.py", "hparams/piq.yaml", [*TINY, "--K", 48, "--out_n_neurons", 3, "--use_pretrained", False]),
-    ("train_nmf.py", "hparams/nmf.yaml", ["--device", "cpu", "--noprogressbar"]),
-    ("train_l2i.py", "hparams/l2i_conv2d.yaml", [*TINY, "--out_n_neurons", 3, "--use_pretrained", False]),
-    ("train_l2i.py", "hparams/l2i_cnn14.yaml", ["--device", "cpu", "--noprogressbar", "--out_n_neurons", 3,
-                                                "--use_pretrained", False, "--debug_epochs", 1]),
-    ("interpret_amt.py", "hparams/amt_focalnet.yaml", [*TINY[2:], "--out_n_neurons", 3, "--use_pretrained", False,
-                                                       "--embed_dim", 4, "--depths", "[1, 1, 1, 1]", "--image_size", 64]),
-    ("train_piq.py", "hparams/piq_vit.yaml", [*TINY, "--K", 48, "--out_n_neurons", 3, "--use_pretrained", False,
-                                              "--num_hidden_layers", 1, "--num_attention_heads", 2,
-                                              "--intermediate_size", 32, "--image_size", 32, "--patch_size", 8]),
+    (
+        "train_piq.py",
+        "hparams/piq.yaml",
+        [*TINY, "--K", 48, "--out_n_neurons", 3, "--use_pretrained", False],
+    ),
+    (
+        "train_nmf.py",
+        "hparams/nmf.yaml",
+        ["--device", "cpu", "--noprogressbar"],
+    ),
+    (
+        "train_l2i.py",
+        "hparams/l2i_conv2d.yaml",
+        [*TINY, "--out_n_neurons", 3, "--use_pretrained", False],
+    ),
+    (
+        "train_l2i.py",
+        "hparams/l2i_cnn14.yaml",
+        [
+            "--device",
+            "cpu",
+            "--noprogressbar",
+            "--out_n_neurons",
+            3,
+            "--use_pretrained",
+            False,
+            "--debug_epochs",
+            1,
+        ],
+    ),
+    (
+        "interpret_amt.py",
+        "hparams/amt_focalnet.yaml",
+        [
+            *TINY[2:],
+            "--out_n_neurons",
+            3,
+            "--use_pretrained",
+            False,
+            "--embed_dim",
+            4,
+            "--depths",
+            "[1, 1, 1, 1]",
+            "--image_size",
+            64,
+        ],
+    ),
+    (
+        "train_piq.py",
+        "hparams/piq_vit.yaml",
+        [
+            *TINY,
+            "--K",
+            48,
+            "--out_n_neurons",
+            3,
+            "--use_pretrained",
+            False,
+            "--num_hidden_layers",
+            1,
+            "--num_attention_heads",
+            2,
+            "--intermediate_size",
+            32,
+            "--image_size",
+            32,
+            "--patch_size",
+            8,
+        ],
+    ),
 ]
 
 
-@pytest.mark.parametrize("script,hparams_file,overrides", SAMPLE_RUNS, ids=[r[1] for r in SAMPLE_RUNS])
+@pytest.mark.parametrize(
+    "script,hparams_file,overrides",
+    SAMPLE_RUNS,
+    ids=[r[1] for r in SAMPLE_RUNS],
+)
 def test_real_sample_clips_debug(script, hparams_file, overrides, tmp_path):
     """The real ESC-50 sample clips (44.1 kHz, real layout) with --debug."""
     samples = os.path.join(ROOT, "..", "shared", "esc50_samples")
-    assert os.path.isdir(samples), f"the real sample clips are expected in {samples}"
+    assert os.path.isdir(samples), (
+        f"the real sample clips are expected in {samples}"
+    )
     data = tmp_path / "ESC50"
     shutil.copytree(samples, data)
     out = tmp_path / "run"
-    run_script(script, hparams_file, "--data_folder", data, "--output_folder", out, "--debug", *overrides)
+    run_script(
+        script,
+        hparams_file,
+        "--data_folder",
+        data,
+        "--output_folder",
+        out,
+        "--debug",
+        *overrides,
+    )
     for name in RUN_FILES[:-1] + (script,):
         assert (out / name).is_file(), name
     if script == "train_nmf.py":
-        assert (out / "nmf_decoder.ckpt").is_file() and (out / "reconstructions.png").is_file()
+        assert (out / "nmf_decoder.ckpt").is_file() and (
+            out / "reconstructions.png"
+        ).is_file()
         return
     assert (out / "save" / "label_encoder.txt").is_file()
     check_test_metrics(out, n_clips=1)
@@ -227,13 +518,41 @@ def test_real_sample_clips_debug(script, hparams_file, overrides, tmp_path):
 
 def test_cnn14_classifier_then_l2i(synthetic_data, trained_nmf, tmp_path):
     """classifier_cnn14.yaml writes checkpoints that l2i_cnn14.yaml loads unchanged."""
-    quick = ["--device", "cpu", "--noprogressbar", "--debug", "--debug_epochs", 1, "--batch_size", 2,
-             "--out_n_neurons", 3, "--data_folder", synthetic_data]
-    run_script("train_classifier.py", "hparams/classifier_cnn14.yaml", *quick, "--output_folder", tmp_path / "cls")
+    quick = [
+        "--device",
+        "cpu",
+        "--noprogressbar",
+        "--debug",
+        "--debug_epochs",
+        1,
+        "--batch_size",
+        2,
+        "--out_n_neurons",
+        3,
+        "--data_folder",
+        synthetic_data,
+    ]
     run_script(
-        "train_l2i.py", "hparams/l2i_cnn14.yaml", *quick, "--output_folder", tmp_path / "l2i",
-        *classifier_args(tmp_path / "cls"), "--nmf_decoder_path", trained_nmf / "nmf_decoder.ckpt",
-        "--save_interpretations", False,
+        "train_classifier.py",
+        "hparams/classifier_cnn14.yaml",
+        *quick,
+        "--output_folder",
+        tmp_path / "cls",
+    )
+    run_script(
+        "train_l2i.py",
+        "hparams/l2i_cnn14.yaml",
+        *quick,
+        "--output_folder",
+        tmp_path / "l2i",
+        *classifier_args(tmp_path / "cls"),
+        "--nmf_decoder_path",
+        trained_nmf / "nmf_decoder.ckpt",
+        "--save_interpretations",
+        False,
     )
     results = check_test_metrics(tmp_path / "l2i", n_clips=4)
-    assert 0 <= results["theta_fidelity"] <= 1 and results["reconstruction_error"] > 0
+    assert (
+        0 <= results["theta_fidelity"] <= 1
+        and results["reconstruction_error"] > 0
+    )

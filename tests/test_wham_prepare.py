@@ -48,17 +48,42 @@ def source(tmp_path_factory):
     for sub in ("tr", "cv", "tt", "metadata"):
         (folder / sub).mkdir()
     t = np.arange(int(2.0 * SOURCE_SR)) / SOURCE_SR
-    sf.write(str(folder / "tr" / "a_short.wav"), 0.3 * np.sin(2 * np.pi * 440.0 * t), SOURCE_SR, subtype="FLOAT")
+    sf.write(
+        str(folder / "tr" / "a_short.wav"),
+        0.3 * np.sin(2 * np.pi * 440.0 * t),
+        SOURCE_SR,
+        subtype="FLOAT",
+    )
     n = int(5.0 * SOURCE_SR)
-    stereo = np.stack([rng.uniform(-0.2, 0.2, n), 0.1 * np.sin(2 * np.pi * 300.0 * np.arange(n) / SOURCE_SR)], 1)
-    sf.write(str(folder / "tr" / "b_exact.wav"), stereo, SOURCE_SR, subtype="FLOAT")  # WHAM! noise is 2-channel
+    stereo = np.stack(
+        [
+            rng.uniform(-0.2, 0.2, n),
+            0.1 * np.sin(2 * np.pi * 300.0 * np.arange(n) / SOURCE_SR),
+        ],
+        1,
+    )
+    sf.write(
+        str(folder / "tr" / "b_exact.wav"), stereo, SOURCE_SR, subtype="FLOAT"
+    )  # WHAM! noise is 2-channel
     t = np.arange(int(7.0 * SOURCE_SR)) / SOURCE_SR
-    sf.write(str(folder / "tr" / "c_long.wav"), -0.5 * np.sin(2 * np.pi * 1000.0 * t), SOURCE_SR, subtype="PCM_16")
+    sf.write(
+        str(folder / "tr" / "c_long.wav"),
+        -0.5 * np.sin(2 * np.pi * 1000.0 * t),
+        SOURCE_SR,
+        subtype="PCM_16",
+    )
     for sub in ("cv", "tt"):
-        sf.write(str(folder / sub / f"{sub}_0.wav"), rng.uniform(-0.1, 0.1, SOURCE_SR), SOURCE_SR)
-        (folder / "metadata" / f"noise_meta_{sub}.csv").write_text("utterance_id,noise_snr\nx,0.0\n")
+        sf.write(
+            str(folder / sub / f"{sub}_0.wav"),
+            rng.uniform(-0.1, 0.1, SOURCE_SR),
+            SOURCE_SR,
+        )
+        (folder / "metadata" / f"noise_meta_{sub}.csv").write_text(
+            "utterance_id,noise_snr\nx,0.0\n"
+        )
     (folder / "metadata" / "noise_meta_tr.csv").write_text(
-        "utterance_id,noise_snr\n" + "".join(f"{name[:-4]},0.0\n" for name in TR_CLIPS)
+        "utterance_id,noise_snr\n"
+        + "".join(f"{name[:-4]},0.0\n" for name in TR_CLIPS)
     )
     return folder
 
@@ -73,7 +98,9 @@ def _zip(folder, skip=()):
             archive.mkdir(f"{TOP}/{sub}/")
             for name in sorted(os.listdir(folder / sub)):
                 if f"{sub}/{name}" not in skip and sub not in skip:
-                    archive.write(folder / sub / name, arcname=f"{TOP}/{sub}/{name}")
+                    archive.write(
+                        folder / sub / name, arcname=f"{TOP}/{sub}/{name}"
+                    )
     return buf.getvalue()
 
 
@@ -130,10 +157,14 @@ def test_download_good_archive_then_reuse(server, source, tmp_path):
     # Unpacked from wham_noise/ straight into the folder, byte for byte.
     assert sorted(os.listdir(folder)) == ["cv", "metadata", "tr", "tt"]
     for name in TR_CLIPS:
-        assert (folder / "tr" / name).read_bytes() == (source / "tr" / name).read_bytes()
+        assert (folder / "tr" / name).read_bytes() == (
+            source / "tr" / name
+        ).read_bytes()
     meta = os.path.join("metadata", "noise_meta_tr.csv")
     assert (folder / meta).read_text() == (source / meta).read_text()
-    assert (folder / "cv" / "cv_0.wav").is_file() and (folder / "tt" / "tt_0.wav").is_file()
+    assert (folder / "cv" / "cv_0.wav").is_file() and (
+        folder / "tt" / "tt_0.wav"
+    ).is_file()
 
     # Second call: files found, nothing downloaded.
     assert prepare_wham(str(folder), url=url) == files
@@ -145,12 +176,27 @@ def test_download_good_archive_then_reuse(server, source, tmp_path):
     [
         ("/short/wham_noise.zip", OSError, r"truncated"),
         ("/half/wham_noise.zip", OSError, r"not a valid zip"),
-        ("/other/wham_noise.zip", OSError, r"has no metadata/noise_meta_tr\.csv"),
-        ("/missing/wham_noise.zip", OSError, r"Cannot download .*/missing/wham_noise\.zip.*404"),
+        (
+            "/other/wham_noise.zip",
+            OSError,
+            r"has no metadata/noise_meta_tr\.csv",
+        ),
+        (
+            "/missing/wham_noise.zip",
+            OSError,
+            r"Cannot download .*/missing/wham_noise\.zip.*404",
+        ),
     ],
-    ids=["content-length-larger-than-body", "zip-cut-in-half", "not-wham", "http-404"],
+    ids=[
+        "content-length-larger-than-body",
+        "zip-cut-in-half",
+        "not-wham",
+        "http-404",
+    ],
 )
-def test_bad_download_leaves_nothing_and_rerun_recovers(server, tmp_path, path, error, message):
+def test_bad_download_leaves_nothing_and_rerun_recovers(
+    server, tmp_path, path, error, message
+):
     folder = tmp_path / "wham"
     with pytest.raises(error, match=message) as err:
         prepare_wham(str(folder), url=server.url(path))
@@ -159,7 +205,9 @@ def test_bad_download_leaves_nothing_and_rerun_recovers(server, tmp_path, path, 
     assert os.listdir(folder) == []
 
     n_requests = len(server.requests)
-    assert prepare_wham(str(folder), url=server.url("/good/wham_noise.zip")) == _tr_files(folder)
+    assert prepare_wham(
+        str(folder), url=server.url("/good/wham_noise.zip")
+    ) == _tr_files(folder)
     assert server.requests[n_requests:] == ["/good/wham_noise.zip"]
     assert not (folder / PART).exists() and not (folder / SCRATCH).exists()
 
@@ -175,7 +223,9 @@ def test_checksum(server, archives, tmp_path):
     assert wrong_sha in str(err.value) and good_sha in str(err.value)
     assert os.listdir(folder) == []  # nothing unpacked at all
 
-    assert prepare_wham(str(folder), url=url, sha256=good_sha) == _tr_files(folder)
+    assert prepare_wham(str(folder), url=url, sha256=good_sha) == _tr_files(
+        folder
+    )
 
 
 def test_archive_without_tr_wavs_names_folder_and_url(server, tmp_path):
@@ -202,8 +252,12 @@ def test_present_folders_are_used_without_download(server, source, tmp_path):
 
     parent = tmp_path / "parent"
     (parent / TOP / "tr").mkdir(parents=True)
-    (parent / TOP / "tr" / "x.wav").write_bytes((source / "tr" / "a_short.wav").read_bytes())
-    assert prepare_wham(str(parent), url=unreachable) == [str(parent / TOP / "tr" / "x.wav")]
+    (parent / TOP / "tr" / "x.wav").write_bytes(
+        (source / "tr" / "a_short.wav").read_bytes()
+    )
+    assert prepare_wham(str(parent), url=unreachable) == [
+        str(parent / TOP / "tr" / "x.wav")
+    ]
     assert server.requests[n_requests:] == []
 
 
@@ -214,7 +268,9 @@ def test_present_folders_are_used_without_download(server, source, tmp_path):
 
 @pytest.fixture
 def noise_set(source):
-    return WhamNoise(_tr_files(source), sample_rate=SR, signal_length_s=LENGTH_S)
+    return WhamNoise(
+        _tr_files(source), sample_rate=SR, signal_length_s=LENGTH_S
+    )
 
 
 def _dominant_hz(x, sample_rate):
@@ -238,7 +294,9 @@ def test_clips_are_16k_fixed_length_peak_normalised(noise_set, source):
     assert np.abs(long[-2000:]).max() > 0.9
     assert _dominant_hz(long, SR) == pytest.approx(1000.0, abs=1.0)
     # Same processing as the ESC-50 clips.
-    ref = front_end.load_clip(str(source / "tr" / "b_exact.wav"), SR, LENGTH_S).numpy()
+    ref = front_end.load_clip(
+        str(source / "tr" / "b_exact.wav"), SR, LENGTH_S
+    ).numpy()
     np.testing.assert_array_equal(exact, ref)
 
 
@@ -269,11 +327,17 @@ def test_clips_are_loaded_once(noise_set, monkeypatch):
 
 def test_sample_batch_is_reproducible_and_draws_clips(noise_set):
     clips = torch.stack([noise_set[i] for i in range(len(noise_set))])
-    batch = noise_set.sample_batch(32, generator=torch.Generator().manual_seed(0))
+    batch = noise_set.sample_batch(
+        32, generator=torch.Generator().manual_seed(0)
+    )
     assert batch.shape == (32, N_SAMPLES) and batch.dtype == torch.float32
-    again = noise_set.sample_batch(32, generator=torch.Generator().manual_seed(0))
+    again = noise_set.sample_batch(
+        32, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(batch, again)
-    other = noise_set.sample_batch(32, generator=torch.Generator().manual_seed(1))
+    other = noise_set.sample_batch(
+        32, generator=torch.Generator().manual_seed(1)
+    )
     assert not torch.equal(batch, other)
     # Every row is one of the clips, and all clips are drawn.
     matches = (batch[:, None, :] == clips[None, :, :]).all(-1)  # [32, n_clips]
@@ -306,14 +370,26 @@ def _orthogonal_pair():
     """Two batches whose rows are orthogonal (integer numbers of periods) and
     of very different energies."""
     k = torch.arange(N_MIX, dtype=torch.float64)
-    s = torch.stack([0.05 * torch.sin(2 * torch.pi * 5 * k / N_MIX), 3.0 * torch.sin(2 * torch.pi * 11 * k / N_MIX)])
-    n = torch.stack([0.8 * torch.cos(2 * torch.pi * 7 * k / N_MIX), 0.01 * torch.sin(2 * torch.pi * 2 * k / N_MIX)])
+    s = torch.stack(
+        [
+            0.05 * torch.sin(2 * torch.pi * 5 * k / N_MIX),
+            3.0 * torch.sin(2 * torch.pi * 11 * k / N_MIX),
+        ]
+    )
+    n = torch.stack(
+        [
+            0.8 * torch.cos(2 * torch.pi * 7 * k / N_MIX),
+            0.01 * torch.sin(2 * torch.pi * 2 * k / N_MIX),
+        ]
+    )
     return s.float(), n.float()
 
 
 def test_mix_gives_signal_and_noise_equal_energy():
     s, n = _orthogonal_pair()
-    assert torch.allclose((s * n).sum(-1), torch.zeros(2), atol=1e-3)  # orthogonal indeed
+    assert torch.allclose(
+        (s * n).sum(-1), torch.zeros(2), atol=1e-3
+    )  # orthogonal indeed
     mix = mix_at_0db(s, n)
     assert mix.shape == s.shape and mix.dtype == torch.float32
     s_unit = s / s.norm(dim=-1, keepdim=True)
@@ -323,16 +399,22 @@ def test_mix_gives_signal_and_noise_equal_energy():
     torch.testing.assert_close(proj_s, proj_n, rtol=1e-4, atol=0)
     assert (proj_s > 0).all()
     # Peak-normalised per clip.
-    torch.testing.assert_close(mix.abs().amax(-1), torch.ones(2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        mix.abs().amax(-1), torch.ones(2), rtol=0, atol=1e-6
+    )
 
 
 def test_mix_is_per_clip_and_scale_invariant():
     s, n = _orthogonal_pair()
     mix = mix_at_0db(s, n)
-    scaled = mix_at_0db(s * torch.tensor([[7.0], [0.02]]), n * torch.tensor([[0.3], [40.0]]))
+    scaled = mix_at_0db(
+        s * torch.tensor([[7.0], [0.02]]), n * torch.tensor([[0.3], [40.0]])
+    )
     torch.testing.assert_close(scaled, mix, rtol=0, atol=1e-5)
     for i in range(2):
-        torch.testing.assert_close(mix_at_0db(s[i : i + 1], n[i : i + 1]), mix[i : i + 1])
+        torch.testing.assert_close(
+            mix_at_0db(s[i : i + 1], n[i : i + 1]), mix[i : i + 1]
+        )
 
 
 def test_mix_with_silence_has_no_nan():
@@ -341,7 +423,9 @@ def test_mix_with_silence_has_no_nan():
     silent = torch.zeros_like(s)
     mix = mix_at_0db(s, silent)
     assert torch.isfinite(mix).all()
-    torch.testing.assert_close(mix, s / s.abs().amax(-1, keepdim=True), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        mix, s / s.abs().amax(-1, keepdim=True), rtol=0, atol=1e-5
+    )
     assert mix[0, 100].item() == pytest.approx(-1.0, abs=1e-6)
     both = mix_at_0db(silent, silent)
     assert torch.isfinite(both).all() and torch.equal(both, silent)
