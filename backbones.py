@@ -89,8 +89,11 @@ class FocalNetBackbone(torch.nn.Module):
     -------
     >>> from transformers import FocalNetConfig, FocalNetBackbone as HFFocalNet
     >>> from speechbrain.lobes.models.ECAPA_TDNN import Classifier
-    >>> config = FocalNetConfig(embed_dim=4, depths=[1, 1], hidden_sizes=[8, 8], image_size=32)
-    >>> backbone = FocalNetBackbone(HFFocalNet(config).eval(), Classifier(8, out_neurons=3, lin_blocks=1).eval())
+    >>> config = FocalNetConfig(
+    ...     embed_dim=4, depths=[1, 1], hidden_sizes=[8, 8], image_size=32
+    ... )
+    >>> head = Classifier(8, out_neurons=3, lin_blocks=1).eval()
+    >>> backbone = FocalNetBackbone(HFFocalNet(config).eval(), head)
     >>> hidden, logits = backbone(torch.rand(2, 431, 513))
     >>> hidden.shape, logits.shape
     (torch.Size([2, 8, 4, 4]), torch.Size([2, 3]))
@@ -148,9 +151,13 @@ class ViTBackbone(torch.nn.Module):
     -------
     >>> from transformers import ViTConfig, ViTModel
     >>> from speechbrain.lobes.models.ECAPA_TDNN import Classifier
-    >>> config = ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-    ...                    image_size=32, patch_size=8, attn_implementation="eager")
-    >>> backbone = ViTBackbone(ViTModel(config).eval(), Classifier(8, out_neurons=3, lin_blocks=1).eval())
+    >>> config = ViTConfig(
+    ...     hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+    ...     intermediate_size=16, image_size=32, patch_size=8,
+    ...     attn_implementation="eager",
+    ... )
+    >>> head = Classifier(8, out_neurons=3, lin_blocks=1).eval()
+    >>> backbone = ViTBackbone(ViTModel(config).eval(), head)
     >>> hidden, logits = backbone(torch.rand(2, 431, 513))
     >>> hidden.shape, logits.shape
     (torch.Size([2, 8, 4, 4]), torch.Size([2, 3]))
@@ -184,11 +191,13 @@ class ViTBackbone(torch.nn.Module):
         return patches.reshape(len(patches), -1, grid, grid), logits
 
     def activation_maps(self, X):
-        """X [B, T, F] -> ([CLS-to-patch attention of the last layer [B, g, g]], logits [B, C])."""
+        """X [B, T, F] -> ([CLS-to-patch attention of the last layer
+        [B, g, g]], logits [B, C])."""
         output, logits = self.encode(X, output_attentions=True)
         if not output.attentions or output.attentions[-1] is None:
             raise RuntimeError(
-                "The ViT returned no attention maps: build its ViTConfig with attn_implementation: eager."
+                "The ViT returned no attention maps: build its ViTConfig "
+                "with attn_implementation: eager."
             )
         attention = output.attentions[-1][
             :, :, 0

@@ -56,7 +56,8 @@ def interferer_pipeline(manifest, seed):
         )
         if not candidates:
             raise ValueError(
-                f"eval_contamination=mixtures: {manifest} has no clip of another class than '{category}'."
+                f"eval_contamination=mixtures: {manifest} has no clip of "
+                f"another class than '{category}'."
             )
         chosen = random.Random(f"{seed}-{clip_id}").choice(candidates)
         return torch.from_numpy(np.load(entries[chosen]["wav"]))

@@ -62,8 +62,10 @@ def require_checkpoint(checkpointer, min_key):
     a checkpoint whose meta has ``min_key`` (the key the run selects on)."""
     if checkpointer.find_checkpoint(min_key=min_key) is None:
         raise RuntimeError(
-            f"--test_only: no checkpoint with '{min_key}' in {checkpointer.checkpoints_dir}. "
-            "Train first (run without --test_only), or point --output_folder at the folder of a finished run."
+            f"--test_only: no checkpoint with '{min_key}' in "
+            f"{checkpointer.checkpoints_dir}. Train first (run without "
+            "--test_only), or point --output_folder at the folder of a "
+            "finished run."
         )
 
 

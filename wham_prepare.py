@@ -118,8 +118,9 @@ def prepare_wham(wham_folder, url=WHAM_URL, sha256=None):
     files = _tr_wavs(wham_folder)
     if not files:
         raise FileNotFoundError(
-            f"{url} was unpacked into {wham_folder}, but {os.path.join(wham_folder, 'tr')} holds no "
-            "wav file. Is the URL the WHAM! noise archive (wham_noise.zip)?"
+            f"{url} was unpacked into {wham_folder}, but "
+            f"{os.path.join(wham_folder, 'tr')} holds no wav file. Is the URL "
+            "the WHAM! noise archive (wham_noise.zip)?"
         )
     logger.info(
         f"WHAM! noise: {len(files)} clips in {os.path.join(wham_folder, 'tr')}"
@@ -176,8 +177,10 @@ class WhamNoise(torch.utils.data.Dataset):
                 clip = load_clip(path, self.sample_rate, self.signal_length_s)
             except RuntimeError as err:
                 raise RuntimeError(
-                    f"WHAM! noise file {path} is unreadable ({err.__cause__ or err}). Delete it, or "
-                    "delete the whole tr/ folder so that prepare_wham downloads the archive again."
+                    f"WHAM! noise file {path} is unreadable "
+                    f"({err.__cause__ or err}). Delete it, or delete the whole "
+                    "tr/ folder so that prepare_wham downloads the archive "
+                    "again."
                 ) from err
             self._cache[index] = clip
         return clip
@@ -240,7 +243,8 @@ def mix_at_0db(signals, noise, eps=1e-8):
     """
     if signals.shape != noise.shape:
         raise ValueError(
-            f"signals {tuple(signals.shape)} and noise {tuple(noise.shape)} must have the same shape."
+            f"signals {tuple(signals.shape)} and noise "
+            f"{tuple(noise.shape)} must have the same shape."
         )
     noise = noise.to(device=signals.device, dtype=signals.dtype)
     mix = signals / (signals.norm(dim=-1, keepdim=True) + eps) + noise / (

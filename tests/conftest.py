@@ -51,7 +51,8 @@ def run_script(
     )
     if (proc.returncode == 0) != expect_ok:
         pytest.fail(
-            f"{' '.join(command)} exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-8000:]}"
+            f"{' '.join(command)} exited {proc.returncode}\n"
+            f"{proc.stdout[-5000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
 

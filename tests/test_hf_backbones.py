@@ -89,7 +89,8 @@ def hf_classifiers(synthetic_data, tmp_path_factory):
 def test_method_on_hf_classifier(
     script, method, extra, arch, synthetic_data, hf_classifiers, tmp_path
 ):
-    """Run, then --test_only: metrics, the same numbers, interpretations, the classifier's mapping."""
+    """Run, then --test_only: metrics, the same numbers, interpretations,
+    the classifier's mapping."""
     out = tmp_path / "run"
     common = [
         "--data_folder",
