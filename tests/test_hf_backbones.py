@@ -169,7 +169,7 @@ def tiny_overrides(arch):
 def test_trained_checkpoints_load_strictly_and_wrong_ones_fail(hf_classifiers):
     """train_classifier.py's files load strictly into the interpreter configs;
     a FocalNet checkpoint in the ViT config is an error."""
-    from interpreter_brain import strict_load
+    from pretrained import strict_load
 
     for arch in TINY_ARCH:
         for method in ("amt", "piq"):
