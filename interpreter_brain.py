@@ -142,7 +142,7 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         loss = self.interpreter_loss(result, batch, stage)
         if stage != sb.Stage.TRAIN:
             labels = batch.label_encoded.data.to(self.device).squeeze(-1)
-            self.accumulate_metrics(result, labels)
+            self.accumulate_metrics(result, labels, batch.id)
             if stage == sb.Stage.TEST and self.hparams.save_interpretations:
                 self.save_interpretations(result, batch, labels)
         return loss
@@ -152,9 +152,10 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         (validation and test): dict name -> [B] tensor. None by default."""
         return {}
 
-    def accumulate_metrics(self, result, labels):
-        """Adds the batch's per-clip metrics to the running sums. The masked-in
-        and masked-out inputs go through the classifier in one batched pass."""
+    def accumulate_metrics(self, result, labels, ids):
+        """Adds the batch's per-clip metrics (clips ``ids``) to the running
+        sums. The masked-in and masked-out inputs go through the classifier
+        in one batched pass."""
         with torch.no_grad():
             M, X = result.mask.detach(), result.X.detach()
             _, io_logits = self.classify(torch.cat([M * X, (1 - M) * X]))
@@ -162,12 +163,8 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             p_in, p_out = F.softmax(io_logits.float(), dim=1).chunk(2)
             values = metrics.per_clip_metrics(p, p_in, p_out, M.float(), labels)
             values.update(self.method_metrics(result))
-            values["n_clips"] = torch.ones_like(labels)
-            values["n_defined_masks"] = (~torch.isnan(values["SPS"])).double()
-            for name, value in values.items():
-                total = self.metric_sums.get(name, 0.0)
-                value = value.detach().double().nansum()
-                self.metric_sums[name] = total + value
+            for name, value in metrics.batch_sums(values, ids).items():
+                self.metric_sums[name] = self.metric_sums.get(name, 0) + value
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the metric sums."""
@@ -184,7 +181,8 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs; after validation, anneals the learning rate and checkpoints;
-        after test, writes ``test_metrics.json``."""
+        after test, writes ``test_metrics.json`` (clean inputs) or
+        ``test_metrics_<eval_contamination>.json``."""
         if stage == sb.Stage.TRAIN:
             self.train_stats = {"loss": stage_loss}
             return
@@ -208,14 +206,11 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         )
         if if_main_process():
             stats["contamination"] = self.contamination
-            names = ["test_metrics.json"]
-            if self.contamination != "none":
-                names.append(f"test_metrics{self.input_wavs.suffix}.json")
-            for name in names:
-                write_json(
-                    os.path.join(self.hparams.output_folder, name), stats
-                )
-            logger.info(f"Test metrics written to {names}")
+            # test_metrics.json is always the clean result
+            name = f"test_metrics{self.input_wavs.suffix}.json"
+            path = os.path.join(self.hparams.output_folder, name)
+            write_json(path, stats)
+            logger.info(f"Test metrics written to {path}")
 
     def save_interpretations(self, result, batch, labels):
         """Writes, for every clip, ``interpretations/<clip id>/`` (or

@@ -140,6 +140,54 @@ def per_clip_metrics(p, p_in, p_out, mask, labels):
     }
 
 
+# Undefined for an all-zero mask: such a clip is left out of their mean.
+UNDEFINED_FOR_EMPTY_MASK = ("SPS", "COMP")
+
+
+def batch_sums(values, ids):
+    """Sums over the clips of a batch of every per-clip figure, the input of
+    ``means_from_sums``.
+
+    Arguments
+    ---------
+    values : dict
+        name -> [B] per-clip values (``per_clip_metrics`` and any others).
+    ids : list of str
+        The B clip ids, to name the culprits of an error.
+
+    Returns
+    -------
+    dict
+        name -> 0-dim float64 tensor: the sum over the clips, SPS and COMP
+        over the clips whose mask is not all zero; plus ``n_clips`` and
+        ``n_defined_masks``.
+
+    Raises
+    ------
+    ValueError
+        Any figure but SPS/COMP is NaN or infinite for some clip: a mean
+        that silently skipped it would be wrong.
+    """
+    sums = {"n_clips": torch.tensor(float(len(ids)), dtype=torch.float64)}
+    for name, value in values.items():
+        value = value.detach().double()
+        if name in UNDEFINED_FOR_EMPTY_MASK:
+            sums[name] = value.nansum()
+            defined = (~torch.isnan(value)).double().sum()
+            sums["n_defined_masks"] = defined
+            continue
+        bad = (~torch.isfinite(value)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"{name} is {value[bad[0]].item()} for clip(s) "
+                f"{[ids[i] for i in bad]}: the classifier or the mask gave "
+                "non-finite values there (check the clip's audio and the "
+                "checkpoints; under --precision fp16 try bf16 or fp32)."
+            )
+        sums[name] = value.sum()
+    return sums
+
+
 def means_from_sums(sums):
     """Dataset-level means from per-clip sums accumulated over batches.
 

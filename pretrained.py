@@ -1,14 +1,19 @@
-"""The frozen classifier an interpreter explains: its weights, loaded
-strictly, and its label mapping.
+"""The frozen classifier an interpreter explains: its weights, checked and
+loaded strictly, and its label mapping.
 
-* ``load_classifier``: the checkpoint files through speechbrain's Pretrainer
-  (a Hugging Face hub id or a local path), every tensor checked
-  (``strict_load``), and the mapping class index -> class name that the
-  classifier was trained with.
-* ``label_encoder_from_manifest``: the mapping the public checkpoints were
-  trained with (classes in their order of first appearance in the training
-  manifest); also the mapping ``train_classifier.py`` and ``train_nmf.py``
-  build for the data they train on.
+* ``load_classifier``: the checkpoint files named by the YAML's ``*_path``
+  keys (a local file or a Hugging Face hub id ``owner/repo/file``), fetched
+  through speechbrain's Pretrainer and loaded strictly; every failure names
+  the key and the path the user gave. Then the classifier's label mapping.
+* The label mapping belongs to the classifier, not to the data: output k is
+  class ``ind2lab[k]`` of ``label_encoder.txt`` beside the classifier
+  checkpoint (written by ``train_classifier.py``), else of
+  ``classifier_labels`` if set, else of ``esc50_hub_classes.txt`` (the order
+  the public hub classifiers were trained with). The data's classes must be
+  among the classifier's.
+* ``label_encoder_from_manifest``: classes in their order of first
+  appearance in a manifest, the mapping ``train_classifier.py`` and
+  ``train_nmf.py`` build for the data they train on.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -23,72 +28,186 @@ from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
 
+HUB_CLASSES = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "esc50_hub_classes.txt"
+)
 
-def label_encoder_from_manifest(manifest):
-    """The public recipe's label mapping: class k is the k-th category met
-    while reading the training manifest (rows of meta/esc50.csv in order)."""
+
+def label_encoder_from_manifest(*manifests):
+    """Class k is the k-th category met while reading ``manifests`` in order
+    (their entries follow the rows of meta/esc50.csv)."""
     encoder = CategoricalEncoder()
-    with open(manifest) as f:
-        entries = json.load(f)
-    encoder.update_from_iterable(
-        entry["category"] for entry in entries.values()
-    )
+    for manifest in manifests:
+        with open(manifest) as f:
+            entries = json.load(f)
+        encoder.update_from_iterable(e["category"] for e in entries.values())
     return encoder
 
 
-def strict_load(module, path):
+def read_label_file(path):
+    """A label mapping from ``path``: a speechbrain ``label_encoder.txt``
+    ("'name' => index" lines) or a list of class names, one per line in
+    output order (``#`` starts a comment)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    encoder = CategoricalEncoder()
+    if "=>" in text:
+        encoder.load(path)
+        return encoder
+    names = [line.split("#")[0].strip() for line in text.splitlines()]
+    encoder.update_from_iterable(name for name in names if name)
+    return encoder
+
+
+def looks_local(path):
+    """Whether speechbrain's fetching would read ``path`` from disk: it
+    exists, its folder exists, or it cannot be a hub id ``owner/repo/file``."""
+    path = str(path)
+    if path.startswith(("http://", "https://")):
+        return False
+    return (
+        os.path.exists(path)
+        or os.path.isdir(os.path.dirname(path) or ".")
+        or os.path.isabs(path)
+        or path.startswith((".", "~"))
+        or path.count("/") != 2
+    )
+
+
+def checkpoint_keys(hparams, pretrainer):
+    """loadable name -> (YAML key, path as the user gave it), e.g.
+    "classifier" -> ("classifier_model_path", "speechbrain/PIQ-ESC50/...")."""
+    keys = {}
+    for name, path in pretrainer.paths.items():
+        candidates = [
+            k for k, v in hparams.items() if k.endswith("_path") and v == path
+        ]
+        keys[name] = (candidates[0] if candidates else name, str(path))
+    return keys
+
+
+def check_local_checkpoints(keys):
+    """Raises FileNotFoundError naming the key and path of the first local
+    checkpoint path that is not a readable file."""
+    for key, path in keys.values():
+        if looks_local(path) and not (
+            os.path.isfile(path) and os.access(path, os.R_OK)
+        ):
+            raise FileNotFoundError(
+                f"{key}={path}: no such readable file. Point --{key} at a "
+                "checkpoint file (train_classifier.py and train_nmf.py write "
+                "them into their output folder) or at a Hugging Face hub file "
+                "such as speechbrain/PIQ-ESC50/classifier.ckpt."
+            )
+
+
+def collect_checkpoints(pretrainer, keys):
+    """Fetches every checkpoint (main process first); returns name -> local
+    path. A hub file that cannot be fetched is an error naming its key."""
+    os.makedirs(pretrainer.collect_in, exist_ok=True)
+    for name in keys:  # links of an earlier run may point elsewhere
+        link = os.path.join(pretrainer.collect_in, f"{name}.ckpt")
+        if if_main_process() and os.path.islink(link):
+            os.remove(link)
+    try:
+        run_on_main(pretrainer.collect_files)
+        return pretrainer.collect_files()
+    except Exception as err:
+        given = ", ".join(f"{key}={path}" for key, path in keys.values())
+        raise RuntimeError(
+            f"Cannot fetch the classifier checkpoints ({given}): "
+            f"{type(err).__name__}: {err}\nOffline, or the hub id is wrong? "
+            "Point these keys at local files, or fetch the files once with "
+            "network access (they are then cached)."
+        ) from err
+
+
+def strict_load(module, path, where=None):
     """Loads a state dict into ``module`` and fails unless every parameter and
     buffer of the module is covered and every stored tensor is used (unlike
-    the Pretrainer's default, which only warns and keeps random weights)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    the Pretrainer's default, which only warns and keeps random weights).
+    ``where``: how the user named the file (e.g. "classifier_model_path=
+    results/.../classifier.ckpt"), for the error message."""
+    where = where or str(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"{where}: not a readable PyTorch checkpoint "
+            f"({type(err).__name__}: {err})."
+        ) from None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise RuntimeError(
-            f"Checkpoint {path} does not match {type(module).__name__}: {err}\n"
-            "Check the *_model_path keys and the architecture keys (e.g. emb_dim, out_n_neurons) "
-            "of the YAML: they must describe the model that wrote this file."
+            f"Checkpoint {where} does not match {type(module).__name__}: "
+            f"{err}\nCheck the *_model_path keys and the architecture keys "
+            "(e.g. emb_dim, out_n_neurons) of the YAML: they must describe "
+            "the model that wrote this file."
         ) from None
+
+
+def classifier_label_encoder(hparams, beside=None):
+    """The classifier's mapping, checked against its size and the data.
+
+    With trained weights (``use_pretrained``) the mapping must have exactly
+    ``out_n_neurons`` classes. With random weights (a smoke run) a head
+    that does not fit is a warning, and the data's own classes are used.
+    Either way, a class of the data that the mapping lacks is an error.
+    """
+    n_out = hparams["out_n_neurons"]
+    source = hparams.get("classifier_labels") or beside or HUB_CLASSES
+    encoder = read_label_file(source)
+    manifests = [hparams[f"{s}_annotation"] for s in ("train", "valid", "test")]
+    data = label_encoder_from_manifest(*manifests)
+    if len(encoder) != n_out and hparams["use_pretrained"]:
+        raise ValueError(
+            f"The classifier has out_n_neurons={n_out} outputs but its label "
+            f"mapping {source} has {len(encoder)} classes. Set "
+            f"--out_n_neurons {len(encoder)}, or point --classifier_labels "
+            "at the class list (one name per line, output order) of your "
+            "classifier."
+        )
+    if len(encoder) != n_out:
+        encoder, source = data, "the classes of the data"
+        if len(encoder) != n_out:
+            logger.warning(
+                f"Untrained classifier (use_pretrained False) with "
+                f"out_n_neurons={n_out} outputs for {len(encoder)} classes "
+                "in the data: fine for a smoke run, meaningless otherwise."
+            )
+        for k in range(len(encoder), n_out):  # outputs with no class
+            encoder.add_label(f"output_{k}")
+    unknown = [c for c in data.lab2ind if c not in encoder.lab2ind]
+    if unknown:
+        raise ValueError(
+            f"The data hold classes the classifier does not know: {unknown} "
+            f"(its classes: {source}). Use folds or data of the classes it "
+            "was trained on, or a classifier trained on these classes "
+            "(train_classifier.py)."
+        )
+    encoder.expect_len(len(encoder))
+    return encoder, source
 
 
 def load_classifier(hparams):
     """Loads the frozen classifier (if ``use_pretrained``) and returns its
     label mapping, also stored as ``hparams["label_encoder"]`` and written
-    to ``<save_folder>/label_encoder.txt``.
-
-    The weights come through ``hparams["pretrainer"]`` (hub id or local path)
-    and are loaded strictly. The mapping is ``label_encoder.txt`` beside the
-    classifier checkpoint if there is one (written by train_classifier.py),
-    else the order of the training manifest (how the public checkpoints were
-    trained). It must have exactly ``out_n_neurons`` classes.
-    """
-    source = None
+    to ``<save_folder>/label_encoder.txt``."""
+    beside = None
     if hparams["use_pretrained"]:
         pretrainer = hparams["pretrainer"]
-        run_on_main(pretrainer.collect_files)
-        paths = pretrainer.collect_files()
+        keys = checkpoint_keys(hparams, pretrainer)
+        check_local_checkpoints(keys)
+        paths = collect_checkpoints(pretrainer, keys)
         for name, path in paths.items():
-            strict_load(pretrainer.loadables[name], path)
-        beside = os.path.join(
-            os.path.dirname(os.path.realpath(paths["classifier"])),
-            "label_encoder.txt",
-        )
-        source = beside if os.path.isfile(beside) else None
-    if source is not None:
-        encoder = CategoricalEncoder()
-        encoder.load(source)
-    else:
-        source = hparams["train_annotation"]
-        encoder = label_encoder_from_manifest(source)
-    if len(encoder) != hparams["out_n_neurons"]:
-        raise ValueError(
-            f"The classifier has out_n_neurons={hparams['out_n_neurons']} outputs but its label "
-            f"mapping ({source}) has {len(encoder)} classes. Set --out_n_neurons {len(encoder)}."
-        )
-    encoder.expect_len(len(encoder))
-    logger.info(
-        f"Classifier label mapping from {source}: {len(encoder)} classes"
-    )
+            key, given = keys[name]
+            strict_load(pretrainer.loadables[name], path, f"{key}={given}")
+        folder = os.path.dirname(os.path.realpath(paths["classifier"]))
+        candidate = os.path.join(folder, "label_encoder.txt")
+        beside = candidate if os.path.isfile(candidate) else None
+    encoder, source = classifier_label_encoder(hparams, beside)
+    logger.info(f"Classifier label mapping: {len(encoder)} classes ({source})")
     if if_main_process():
         encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
     hparams["label_encoder"] = encoder

@@ -21,6 +21,7 @@ import sys
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from experiment import run_interpreter
 from interpreter_brain import Interpretation, InterpreterBrain
@@ -59,6 +60,39 @@ def relevant_mask(
     return (nmf_decoder(H * selected) / (X_hat + eps)).clamp(0, 1)
 
 
+def l2i_loss(X, X_hat, H, logits, theta_probs, alpha, beta, tau, eps=1e-10):
+    """The L2I training loss of a batch (lower is better)::
+
+        alpha mean((X_hat - X)^2) + beta mean|H|
+        - mean_{b,c} softmax(logits / tau)[b, c] log(theta_probs[b, c] + eps)
+
+    The fidelity term is a mean over clips AND classes, so its weight
+    against ``alpha`` and ``beta`` does not grow with the class count.
+
+    Arguments
+    ---------
+    X, X_hat : torch.Tensor
+        [B, T, F] log1p magnitude and its NMF reconstruction W H.
+    H : torch.Tensor
+        [B, K, T] NMF activations.
+    logits : torch.Tensor
+        [B, C] frozen classifier output.
+    theta_probs : torch.Tensor
+        [B, C] Theta's class probabilities from H.
+    alpha, beta, tau : float
+        Reconstruction and sparsity weights; classifier temperature.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, float32.
+    """
+    reconstruction = F.mse_loss(X_hat.float(), X.float())
+    targets = F.softmax(logits.float() / tau, dim=1)
+    fidelity = -(targets * torch.log(theta_probs.float() + eps)).mean()
+    return alpha * reconstruction + beta * H.float().abs().mean() + fidelity
+
+
 class L2IBrain(InterpreterBrain):
     """L2I: psi -> H, X_hat = W H, Theta(H) ~ classifier."""
 
@@ -86,11 +120,14 @@ class L2IBrain(InterpreterBrain):
         X_hat = self.hparams.nmf_decoder(H)
         mask = None
         if stage != sb.Stage.TRAIN:
+            theta = self.modules.theta
+            if isinstance(theta, DDP):  # under torchrun: its layers are read
+                theta = theta.module
             mask = relevant_mask(
                 H,
                 X_hat,
                 logits.argmax(1),
-                self.modules.theta,
+                theta,
                 self.hparams.nmf_decoder,
                 self.hparams.relevance_th,
             ).transpose(1, 2)
@@ -103,21 +140,17 @@ class L2IBrain(InterpreterBrain):
         )
 
     def interpreter_loss(self, result, batch, stage):
-        """alpha ||X_hat - X||^2 + beta mean|H| - sum_c softmax(logits / tau)_c log Theta(H)_c."""
-        H, X_hat = result.aux["H"], result.aux["X_hat"]
-        reconstruction = F.mse_loss(X_hat.float(), result.X.float())
-        targets = F.softmax(
-            result.logits.float() / self.hparams.classifier_temp, dim=1
-        )
-        fidelity = (
-            -(targets * torch.log(self.modules.theta(H).float() + 1e-10))
-            .sum(1)
-            .mean()
-        )
-        return (
-            self.hparams.alpha * reconstruction
-            + self.hparams.beta * H.abs().mean()
-            + fidelity
+        """``l2i_loss`` of the batch, Theta run on its activations."""
+        H = result.aux["H"]
+        return l2i_loss(
+            result.X,
+            result.aux["X_hat"],
+            H,
+            result.logits,
+            self.modules.theta(H),
+            self.hparams.alpha,
+            self.hparams.beta,
+            self.hparams.classifier_temp,
         )
 
     def method_metrics(self, result):

@@ -107,9 +107,15 @@ def main(argv):
     """Parse, prepare data, train, test the best checkpoint, export the decoder."""
     hparams, run_opts = setup_experiment(argv)
     prepare_manifests(hparams)
-    datasets = make_datasets(
-        hparams, label_encoder_from_manifest(hparams["train_annotation"])
+    # NMF uses no labels; the data's classes are saved for the record, as
+    # every run of the recipe leaves save/label_encoder.txt
+    splits = ("train", "valid", "test")
+    encoder = label_encoder_from_manifest(
+        *(hparams[f"{split}_annotation"] for split in splits)
     )
+    if if_main_process():
+        encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
+    datasets = make_datasets(hparams, encoder)
     brain = NMFBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

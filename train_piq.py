@@ -21,6 +21,34 @@ from experiment import run_interpreter
 from interpreter_brain import Interpretation, InterpreterBrain
 
 
+def piq_loss(mask_logits, X, h, z_q, mask_th, rec_loss_coef):
+    """The PIQ training loss of a batch (lower is better)::
+
+        rec_loss_coef BCE(sigmoid(mask_logits), X > mask_th max_{t,f} X)
+        + mean((sg(h) - z_q)^2) + mean((h - sg(z_q))^2)
+
+    (sg: stop-gradient; the max is per clip; BCE and squares are means.)
+
+    Arguments
+    ---------
+    mask_logits, X : torch.Tensor
+        [B, T, F] mask logits and log1p magnitude.
+    h, z_q : torch.Tensor
+        psi's adapted hidden map and its quantisation, same shape.
+    mask_th, rec_loss_coef : float
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, float32.
+    """
+    target = (X > mask_th * X.amax(dim=(1, 2), keepdim=True)).float()
+    bce = F.binary_cross_entropy_with_logits(mask_logits.float(), target)
+    codebook = F.mse_loss(z_q.float(), h.detach().float())
+    commitment = F.mse_loss(h.float(), z_q.detach().float())
+    return rec_loss_coef * bce + codebook + commitment
+
+
 class PIQBrain(InterpreterBrain):
     """PIQ: M = sigmoid(psi(h, c)), resized to the input's [T, F]."""
 
@@ -60,18 +88,15 @@ class PIQBrain(InterpreterBrain):
         )
 
     def interpreter_loss(self, result, batch, stage):
-        """rec_loss_coef x BCE(M, [X > mask_th max X]) + ||sg(h) - z_q||^2 + ||h - sg(z_q)||^2."""
-        X, aux = result.X, result.aux
-        target = (
-            X > self.hparams.mask_th * X.amax(dim=(1, 2), keepdim=True)
-        ).float()
-        reconstruction = F.binary_cross_entropy_with_logits(
-            aux["mask_logits"].float(), target
-        )
-        codebook = F.mse_loss(aux["z_q"].float(), aux["h"].detach().float())
-        commitment = F.mse_loss(aux["h"].float(), aux["z_q"].detach().float())
-        return (
-            self.hparams.rec_loss_coef * reconstruction + codebook + commitment
+        """``piq_loss`` of the batch."""
+        aux = result.aux
+        return piq_loss(
+            aux["mask_logits"],
+            result.X,
+            aux["h"],
+            aux["z_q"],
+            self.hparams.mask_th,
+            self.hparams.rec_loss_coef,
         )
 
 

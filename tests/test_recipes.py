@@ -17,7 +17,6 @@ import soundfile as sf
 
 from conftest import (
     N_CLASSES,
-    ROOT,
     TINY,
     TINY_PIQ,
     classifier_args,
@@ -55,9 +54,10 @@ RUN_FILES = (
 N_TEST_CLIPS = 4  # fold 5 of the generated data
 
 
-def check_test_metrics(folder, n_clips=N_TEST_CLIPS):
-    """test_metrics.json has every key, finite values in range, every clip counted once."""
-    with open(os.path.join(folder, "test_metrics.json")) as f:
+def check_test_metrics(folder, n_clips=N_TEST_CLIPS, name="test_metrics.json"):
+    """test_metrics.json (or ``name``) has every key, finite values in
+    range, every clip counted once."""
+    with open(os.path.join(folder, name)) as f:
         results = json.load(f)
     assert results["n_clips"] == n_clips
     for name, (low, high) in METRIC_RANGES.items():
@@ -402,118 +402,6 @@ def test_ddp_two_cpu_processes(synthetic_data, trained_classifier, tmp_path):
     check_test_metrics(tmp_path)
     check_interpretations(tmp_path)
     assert (tmp_path / "train_log.txt").read_text().count("epoch: 1,") == 1
-
-
-# (script, config, overrides) run on the real sample clips; classes: dog,
-# car_horn, thunderstorm in the training folds
-SAMPLE_RUNS = [
-    (
-        "train_piq.py",
-        "hparams/piq.yaml",
-        [*TINY, "--K", 48, "--out_n_neurons", 3, "--use_pretrained", False],
-    ),
-    (
-        "train_nmf.py",
-        "hparams/nmf.yaml",
-        ["--device", "cpu", "--noprogressbar"],
-    ),
-    (
-        "train_l2i.py",
-        "hparams/l2i_conv2d.yaml",
-        [*TINY, "--out_n_neurons", 3, "--use_pretrained", False],
-    ),
-    (
-        "train_l2i.py",
-        "hparams/l2i_cnn14.yaml",
-        [
-            "--device",
-            "cpu",
-            "--noprogressbar",
-            "--out_n_neurons",
-            3,
-            "--use_pretrained",
-            False,
-            "--debug_epochs",
-            1,
-        ],
-    ),
-    (
-        "interpret_amt.py",
-        "hparams/amt_focalnet.yaml",
-        [
-            *TINY[2:],
-            "--out_n_neurons",
-            3,
-            "--use_pretrained",
-            False,
-            "--embed_dim",
-            4,
-            "--depths",
-            "[1, 1, 1, 1]",
-            "--image_size",
-            64,
-        ],
-    ),
-    (
-        "train_piq.py",
-        "hparams/piq_vit.yaml",
-        [
-            *TINY,
-            "--K",
-            48,
-            "--out_n_neurons",
-            3,
-            "--use_pretrained",
-            False,
-            "--num_hidden_layers",
-            1,
-            "--num_attention_heads",
-            2,
-            "--intermediate_size",
-            32,
-            "--image_size",
-            32,
-            "--patch_size",
-            8,
-        ],
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    "script,hparams_file,overrides",
-    SAMPLE_RUNS,
-    ids=[r[1] for r in SAMPLE_RUNS],
-)
-def test_real_sample_clips_debug(script, hparams_file, overrides, tmp_path):
-    """The real ESC-50 sample clips (44.1 kHz, real layout) with --debug."""
-    samples = os.path.join(ROOT, "..", "shared", "esc50_samples")
-    assert os.path.isdir(samples), (
-        f"the real sample clips are expected in {samples}"
-    )
-    data = tmp_path / "ESC50"
-    shutil.copytree(samples, data)
-    out = tmp_path / "run"
-    run_script(
-        script,
-        hparams_file,
-        "--data_folder",
-        data,
-        "--output_folder",
-        out,
-        "--debug",
-        *overrides,
-    )
-    for name in RUN_FILES[:-1] + (script,):
-        assert (out / name).is_file(), name
-    if script == "train_nmf.py":
-        assert (out / "nmf_decoder.ckpt").is_file() and (
-            out / "reconstructions.png"
-        ).is_file()
-        return
-    assert (out / "save" / "label_encoder.txt").is_file()
-    check_test_metrics(out, n_clips=1)
-    check_interpretations(out, n_clips=1)
 
 
 def test_cnn14_classifier_then_l2i(synthetic_data, trained_nmf, tmp_path):
