@@ -4,12 +4,17 @@
 ``meta/esc50.csv``), downloading and verifying the archive when it does not,
 then writes one JSON manifest per split and a cache of the clips already
 downmixed, resampled, padded/cropped and peak-normalised, so that no epoch
-recomputes them.
+recomputes them. The cache belongs to the data folder
+(``<data_folder>/audio_cache/<rate>Hz_<length>s/``) and is shared by every run
+on it; a clip edited on disk is read again.
 
 Decisions a user may want to know:
-* An unreadable or missing audio file listed in ``meta/esc50.csv`` is an
-  ERROR that names the file, raised before any training starts: silently
-  dropping clips would change the test set.
+* An unreadable or missing audio file listed in ``meta/esc50.csv``, or one
+  holding NaN or infinite samples, is an ERROR that names the file, raised
+  before any training starts: silently dropping clips would change the test
+  set.
+* ESC-50 is only downloaded into a new or empty ``data_folder``: a folder
+  holding other files is an error, so no file of the user's is replaced.
 * A failed or interrupted download leaves only a ``.part`` file and a scratch
   folder, both inside ``data_folder`` and both removed by the next run, which
   starts the download again. ``meta/esc50.csv`` is moved in last, so its
@@ -26,7 +31,12 @@ import os
 import numpy as np
 from speechbrain.utils.logger import get_logger
 
-from fileio import download_and_extract, remove, write_atomically
+from fileio import (
+    check_download_target,
+    download_and_extract,
+    remove,
+    write_atomically,
+)
 from front_end import load_clip
 
 logger = get_logger(__name__)
@@ -114,6 +124,7 @@ def prepare_esc50(
         list, (train_fold_nums, valid_fold_nums, test_fold_nums)
     )
     if not os.path.isfile(os.path.join(data_folder, ESC50_CSV)):
+        check_download_target(data_folder, "data_folder", "ESC-50")
         download_and_extract(url, data_folder, "meta/esc50.csv", sha256)
 
     os.makedirs(save_folder, exist_ok=True)
@@ -126,16 +137,23 @@ def prepare_esc50(
         split: given[split] or os.path.join(save_folder, f"{split}.json")
         for split in SPLITS
     }
+    folds = {
+        "train": train_fold_nums,
+        "valid": valid_fold_nums,
+        "test": test_fold_nums,
+    }
+    cache = audio_cache_folder(
+        data_folder, save_folder, sample_rate, signal_length_s
+    )
+    splits = list_clips(data_folder, folds, cache)
     options = {
         "data_folder": os.path.abspath(data_folder),
-        "folds": {
-            "train": train_fold_nums,
-            "valid": valid_fold_nums,
-            "test": test_fold_nums,
-        },
+        "folds": folds,
         "sample_rate": sample_rate,
         "signal_length_s": signal_length_s,
         "manifests": manifests,
+        # changes when a clip is edited, added or removed
+        "clips": hashlib.sha1(json.dumps(splits).encode()).hexdigest(),
     }
     options_path = os.path.join(save_folder, "esc50_prepare.json")
     if all(map(os.path.isfile, manifests.values())) and os.path.isfile(
@@ -143,45 +161,88 @@ def prepare_esc50(
     ):
         with open(options_path) as f:
             if json.load(f) == options:
-                logger.info(
-                    f"Manifests in {save_folder} are up to date; skipping preparation."
-                )
+                logger.info(f"Manifests in {save_folder} are up to date.")
                 return manifests
 
     remove(options_path)  # a rebuild stopped half-way must not look up to date
-    source_key = hashlib.sha1(options["data_folder"].encode()).hexdigest()[:10]
-    cache = os.path.join(
-        save_folder, f"audio_{sample_rate}Hz_{signal_length_s}s_{source_key}"
+    for split, entries in splits.items():
+        for entry in entries.values():
+            if not os.path.isfile(entry["wav"]):
+                cache_clip(entry, sample_rate, signal_length_s)
+        write_atomically(
+            manifests[split], lambda f: json.dump(entries, f, indent=1)
+        )
+        logger.info(
+            f"{split}: {len(entries)} clips from folds {folds[split]} -> "
+            f"{manifests[split]}"
+        )
+    write_atomically(options_path, lambda f: json.dump(options, f))
+    return manifests
+
+
+def audio_cache_folder(data_folder, save_folder, sample_rate, signal_length_s):
+    """The audio cache of ``data_folder`` at this rate and length, shared by
+    every run on that data: ``<data_folder>/audio_cache/<rate>Hz_<len>s``, or
+    under ``save_folder`` when the data folder is read-only."""
+    name = f"{sample_rate}Hz_{signal_length_s}s"
+    folder = os.path.join(data_folder, "audio_cache", name)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    fallback = os.path.join(save_folder, "audio_cache", name)
+    logger.warning(
+        f"{data_folder} is not writable: the audio cache goes to {fallback}, "
+        "for this run only."
     )
-    os.makedirs(cache, exist_ok=True)
+    os.makedirs(fallback, exist_ok=True)
+    return fallback
+
+
+def list_clips(data_folder, folds, cache):
+    """split -> clip id -> manifest entry, for the rows of meta/esc50.csv in
+    file order. An entry's ``wav`` is the cache file of the clip as it is on
+    disk now: its name holds a digest of the file's size and modification
+    time, so an edited clip gets a new cache file. Raises FileNotFoundError
+    naming a listed file that is missing."""
     rows = read_metadata(data_folder)
-    for split, folds in options["folds"].items():
-        entries = {}
+    csv_path = os.path.join(data_folder, ESC50_CSV)
+    splits = {}
+    for split, split_folds in folds.items():
+        entries = splits[split] = {}
         for row in rows:
-            if row["fold"] not in folds:
+            if row["fold"] not in split_folds:
                 continue
             source = os.path.join(data_folder, "audio", row["filename"])
+            if not os.path.isfile(source):
+                raise FileNotFoundError(
+                    f"{source} is listed in {csv_path} but missing. Restore "
+                    "it, or remove its row from the csv."
+                )
+            stat = os.stat(source)
+            version = f"{stat.st_size}-{stat.st_mtime_ns}".encode()
             clip_id = os.path.splitext(row["filename"])[0]
-            cached = os.path.join(cache, clip_id + ".npy")
-            if not os.path.isfile(cached):
-                if not os.path.isfile(source):
-                    raise FileNotFoundError(
-                        f"{source} is listed in {os.path.join(data_folder, ESC50_CSV)} but missing."
-                    )
-                wav = load_clip(source, sample_rate, signal_length_s).numpy()
-                write_atomically(cached, lambda f: np.save(f, wav), mode="wb")
+            key = hashlib.sha1(version).hexdigest()[:12]
             entries[clip_id] = {
-                "wav": cached,
+                "wav": os.path.join(cache, f"{clip_id}.{key}.npy"),
                 "source": source,
                 "fold": row["fold"],
                 "category": row["category"],
                 "target": int(row["target"]),
             }
-        write_atomically(
-            manifests[split], lambda f: json.dump(entries, f, indent=1)
-        )
-        logger.info(
-            f"{split}: {len(entries)} clips from folds {folds} -> {manifests[split]}"
-        )
-    write_atomically(options_path, lambda f: json.dump(options, f))
-    return manifests
+    return splits
+
+
+def cache_clip(entry, sample_rate, signal_length_s):
+    """Loads ``entry["source"]`` (``front_end.load_clip``), writes it to
+    ``entry["wav"]`` atomically and removes the clip's older versions."""
+    wav = load_clip(entry["source"], sample_rate, signal_length_s).numpy()
+    write_atomically(entry["wav"], lambda f: np.save(f, wav), mode="wb")
+    folder, name = os.path.split(entry["wav"])
+    clip_id = name.split(".")[0]
+    for old in os.listdir(folder):
+        stale = old.startswith(clip_id + ".") and old.endswith(".npy")
+        if stale and old != name:
+            remove(os.path.join(folder, old))

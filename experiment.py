@@ -19,12 +19,64 @@ import numpy as np
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from contamination import interferer_pipeline
 from esc50_prepare import prepare_esc50
 from pretrained import load_classifier
+
+
+class _PlainConstructor(SafeConstructor):
+    """Reads a hyperpyyaml file as plain YAML: every tagged node (``!new:``,
+    ``!ref``, ``!PLACEHOLDER``, ...) becomes None; nothing is built."""
+
+
+_PlainConstructor.add_multi_constructor("!", lambda *args: None)
+# type of a YAML value -> what a command-line value for its key must be
+_EXPECTED = (
+    (bool, "True or False", (bool,)),
+    (int, "an integer", (int,)),
+    (float, "a number", (int, float)),
+    (list, "a list, e.g. [1, 2]", (list,)),
+)
+
+
+def check_overrides(hparams_file, overrides):
+    """Raises ValueError, before anything is built, when a command-line value
+    does not fit the type of its key's value in the YAML (``--number_of_epochs
+    many``). Keys whose YAML value is a string, null or an object take any.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The YAML file.
+    overrides : str
+        The command-line overrides as YAML (``sb.parse_arguments``).
+    """
+    plain = YAML(typ="safe", pure=True)
+    plain.Constructor = _PlainConstructor
+    with open(hparams_file, encoding="utf-8") as f:
+        defaults = plain.load(f) or {}
+    for key, value in (plain.load(overrides or "") or {}).items():
+        default = defaults.get(key)
+        for kind, words, accepted in _EXPECTED:
+            if not isinstance(default, kind):
+                continue
+            fits = isinstance(value, accepted)
+            if kind is bool:  # the public recipe's commands give 0 / 1
+                fits = fits or value in (0, 1)
+            elif isinstance(value, bool):
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"--{key} {value!r}: {hparams_file} expects {words} for "
+                    f"{key} (its value there is {default!r}). Give e.g. "
+                    f"--{key} {default!r}."
+                )
+            break
 
 
 def setup_experiment(argv):
@@ -37,6 +89,7 @@ def setup_experiment(argv):
     (hparams dict, run_opts dict)
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    check_overrides(hparams_file, overrides)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)

@@ -26,6 +26,8 @@ from tqdm import tqdm
 logger = get_logger(__name__)
 
 _CHUNK = 1 << 20
+# What an interrupted download_and_extract leaves behind (removed on rerun).
+PART, SCRATCH = ".download.part", ".extract-tmp"
 
 
 def write_atomically(path, write_fn, mode="w"):
@@ -97,6 +99,33 @@ def _download(url, dest, expected_sha256=None):
     return digest
 
 
+def check_download_target(folder, key, what):
+    """Raises FileExistsError, before anything is downloaded, unless
+    ``folder`` is new or empty (leftovers of an interrupted download apart):
+    unpacking never replaces a file the user put there.
+
+    Arguments
+    ---------
+    folder : str
+        Where the archive would be unpacked.
+    key : str
+        The YAML key that named ``folder``, for the message.
+    what : str
+        What would be downloaded, e.g. "ESC-50", for the message.
+    """
+    if not os.path.isdir(folder):
+        return
+    own = sorted(set(os.listdir(folder)) - {PART, SCRATCH})
+    if own:
+        shown = ", ".join(own[:5]) + (", ..." if len(own) > 5 else "")
+        raise FileExistsError(
+            f"{key}={folder} holds files ({shown}) but not {what}. {what} is "
+            "only downloaded into a new or empty folder, so that none of "
+            f"your files is replaced: point --{key} at a new or empty folder "
+            f"(it is downloaded there), or at a folder that holds {what}."
+        )
+
+
 def download_and_extract(url, data_folder, marker, sha256=None):
     """Downloads a zip archive and unpacks it into ``data_folder`` atomically.
 
@@ -104,6 +133,8 @@ def download_and_extract(url, data_folder, marker, sha256=None):
     when ``sha256`` is given, and the CRC-32 of every member), unpacked into a
     scratch folder, and the folder of the archive that holds ``marker`` is moved
     into ``data_folder`` entry by entry, the entry holding ``marker`` last.
+    Callers check first (``check_download_target``) that ``data_folder`` is
+    new or empty; an entry that appeared meanwhile is never replaced.
 
     Arguments
     ---------
@@ -118,8 +149,8 @@ def download_and_extract(url, data_folder, marker, sha256=None):
         Expected SHA-256 of the archive.
     """
     os.makedirs(data_folder, exist_ok=True)
-    part = os.path.join(data_folder, ".download.part")
-    scratch = os.path.join(data_folder, ".extract-tmp")
+    part = os.path.join(data_folder, PART)
+    scratch = os.path.join(data_folder, SCRATCH)
     remove(part, scratch)  # leftovers of an interrupted earlier run
     logger.info(f"Downloading {url} into {data_folder}")
     try:
@@ -153,10 +184,14 @@ def download_and_extract(url, data_folder, marker, sha256=None):
         root = roots[0]
         top = marker.split("/")[0]
         entries = sorted(os.listdir(root), key=lambda e: e == top)
+        taken = [e for e in entries if os.path.lexists(f"{data_folder}/{e}")]
+        if taken:
+            raise FileExistsError(
+                f"{data_folder} gained {taken} during the download; nothing "
+                "was unpacked. Move them away and run again."
+            )
         for entry in entries:
-            dest = os.path.join(data_folder, entry)
-            remove(dest)
-            os.replace(os.path.join(root, entry), dest)
+            os.replace(f"{root}/{entry}", f"{data_folder}/{entry}")
         logger.info(f"Unpacked {url} (SHA-256 {digest}) into {data_folder}")
     finally:
         remove(part, scratch)

@@ -13,6 +13,7 @@ Authors: the ESC-50 interpretability recipe developers.
 
 import functools
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
@@ -51,6 +52,12 @@ def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
             f"Cannot read audio file {path}: {err}. Replace the file, or remove it from the "
             "dataset's list (meta/esc50.csv for ESC-50)."
         ) from err
+    if not np.isfinite(data).all():
+        raise ValueError(
+            f"Audio file {path} holds NaN or infinite samples. Replace the "
+            "file, or remove it from the dataset's list (meta/esc50.csv for "
+            "ESC-50)."
+        )
     wav = torch.from_numpy(data).mean(1)
     if orig_sr != sample_rate:
         wav = _resampler(orig_sr, sample_rate)(wav)

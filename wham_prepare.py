@@ -41,7 +41,7 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
-from fileio import download_and_extract
+from fileio import check_download_target, download_and_extract
 from front_end import load_clip, peak_normalize
 
 logger = get_logger(__name__)
@@ -108,6 +108,7 @@ def prepare_wham(wham_folder, url=WHAM_URL, sha256=None):
         return files
 
     try:
+        check_download_target(wham_folder, "wham_folder", "WHAM! noise")
         download_and_extract(url, wham_folder, WHAM_MARKER, sha256)
     except urllib.error.URLError as err:  # its message does not name the URL
         raise OSError(

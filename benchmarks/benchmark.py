@@ -1,35 +1,32 @@
 #!/usr/bin/env python3
-"""Speed, memory and precision benchmark of a trained interpreter, run through
-``experiment.run_interpreter`` with a subclass of the Brain (``--brain
-module:Class``, default train_piq:PIQBrain) that only adds timers. It prints
-(``--json FILE`` saves): seconds per training epoch (first apart, median of the
-later ones), per training batch (median, min) and per validation pass; test
-clips/s (without writing interpretations); peak memory of fit and test (CPU:
-VmHWM reset through /proc/self/clear_refs, else getrusage; CUDA:
-torch.cuda.max_memory_allocated); the test metrics (test_metrics.json). Run:
+"""Speed, memory and precision benchmark of a trained interpreter: runs
+``experiment.run_interpreter`` with its Brain (--brain module:Class, default
+train_piq:PIQBrain) subclassed to add timers, and prints (--json FILE saves)
+seconds per epoch, batch and validation pass, test clips/s (interpretation
+writing excluded), peak memory of fit and test, the test metrics and a hash of
+the initial weights. Run:
 
     .venv/bin/python benchmarks/benchmark.py --hparams hparams/piq.yaml \\
         --compare fp32,bf16 --n_classes 3 --clips_per_fold 2 \\
         --use_pretrained False --out_n_neurons 3 --batch_size 2 \\
         --number_of_epochs 2 --emb_dim 16 --K 12 --save_interpretations False
 
---compare (or --precision fp32|bf16|fp16; fp16 on cuda only) runs each precision
-in its own process on --device (cpu), from the same initial weights (same YAML
-seed; hash printed). --profile: SpeechBrain's profiler (--profile_warmup 1
---profile_steps 2). Data are generated (--n_classes, --clips_per_fold,
---data_seed) unless --data_folder; outputs go to a temporary folder unless
---output_folder or --keep. Any other --key value is a YAML override.
+Each precision (--compare, or --precision fp32|bf16|fp16) runs in its own
+process on --device (cpu) from the same initial weights. --profile: SpeechBrain's
+profiler. Data are generated (--n_classes, --clips_per_fold, --data_seed) unless
+--data_folder; outputs go to a temporary folder unless --output_folder or
+--keep. Any other --key value is a YAML override.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
 
 import argparse
+import collections
 import hashlib
 import importlib
 import json
 import multiprocessing
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -48,187 +45,236 @@ import experiment  # noqa: E402
 import synthetic_esc50  # noqa: E402
 
 logger = get_logger(__name__)
+PROFILE = "--profile_training --profile_warmup 1 --profile_steps 2".split()
+NOT_ROWS = ("memory_kind", "machine", "times_s")  # figures not in the table
 
 
 def machine_info():
     """CPU model and capability, native bf16 on CPU, threads, GPU, versions."""
-    cpu, bf16 = "?", None
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), cpu)
     try:
-        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # private API
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"machine: {cpu}; CPU capability {torch.backends.cpu.get_cpu_capability()}, native "
-            f"bf16 on CPU {bf16}, torch threads {torch.get_num_threads()}, GPU {gpu}; "
-            f"torch {torch.__version__}, speechbrain {sb.__version__}")
+        with open("/proc/cpuinfo") as f:
+            cpu = next(x.split(":")[1].strip() for x in f if "model name" in x)
+    except (OSError, StopIteration):
+        cpu = "?"
+    try:
+        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # private API
+    except Exception:
+        bf16 = "?"
+    gpu = torch.cuda.is_available() and torch.cuda.get_device_name(0)
+    return (
+        f"machine: {cpu}; CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16 on CPU {bf16}, torch threads {torch.get_num_threads()}, "
+        f"GPU {gpu or 'none'}; torch {torch.__version__}, speechbrain {sb.__version__}"
+    )
 
 
-def memory(cuda, reset=False):
-    """Peak memory (MiB) since the last reset: CUDA allocator; on CPU VmHWM, else
-    getrusage. With ``reset``: resets the peak and returns what is measured."""
-    if cuda and reset:
-        return torch.cuda.reset_peak_memory_stats() or "torch.cuda.max_memory_allocated"
+def reset_peak(cuda):
+    """Resets the peak that ``peak_mib`` reads; returns what that measures."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return "torch.cuda.max_memory_allocated"
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (Linux >= 4.0)
+        return "peak RSS of the phase (VmHWM)"
+    except OSError:
+        return "peak RSS since process start (VmHWM)"
+
+
+def peak_mib(cuda):
+    """Peak memory in MiB: the CUDA allocator's, else VmHWM (None without it)."""
     if cuda:
         return torch.cuda.max_memory_allocated() / 2**20
     try:
-        if reset:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM (Linux >= 4.0)
-            return "peak RSS of the phase (VmHWM)"
         with open("/proc/self/status") as f:
-            return next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmHWM:"))
-    except OSError:  # then VmHWM (if any) or getrusage: the peak since the process started
-        return "peak RSS since process start" if reset else resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+            return next(int(x.split()[1]) / 1024 for x in f if "VmHWM" in x)
+    except (OSError, StopIteration):
+        return None
+
+
+def timed(name):
+    """The Brain method ``name``, timed into ``times[name]``."""
+
+    def method(self, *args, **kwargs):
+        """Calls the base method; for fit and evaluate also records peak memory."""
+        phase = name in ("fit", "evaluate")
+        if phase:
+            self.memory_kind = reset_peak(self.cuda)
+        start = self.now()
+        try:
+            return getattr(super(Timed, self), name)(*args, **kwargs)
+        finally:  # also when the profiler quits fit
+            self.times[name].append(self.now() - start)
+            if phase:
+                self.memory[name] = peak_mib(self.cuda)
+
+    return method
 
 
 class Timed:
-    """Mixin put first in the Brain's MRO: wall times of stages, batches, fit, evaluate
-    and save_interpretations; peak memory of fit and evaluate; initial weights' hash."""
+    """Mixin put first in the Brain's MRO: times stages, training batches, fit,
+    evaluate and interpretation writing; hashes the initial weights."""
+
+    fit_batch = timed("fit_batch")
+    fit = timed("fit")
+    evaluate = timed("evaluate")
+    save_interpretations = timed("save_interpretations")
 
     def __init__(self, *args, **kwargs):
         """Builds the Brain, then hashes the initial state of its ``modules``."""
         super().__init__(*args, **kwargs)
-        Timed.instance, self.n_test, self.memory, self.memory_kind = self, 0, {}, None
+        Timed.instance, self.memory, self.memory_kind = self, {}, None
         self.cuda = str(self.device).startswith("cuda")
-        self.times = {k: [] for k in ("train", "valid", "test", "batch", "fit", "evaluate", "save")}
+        self.times = collections.defaultdict(list)
         digest = hashlib.sha256()
         for tensor in self.modules.state_dict().values():
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(data.view(torch.uint8).numpy())
         self.init_hash = digest.hexdigest()[:12]
 
-    def _now(self):
+    def now(self):
         """time.perf_counter, once the GPU has finished its work."""
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def _timed(self, key, method, *args, **kwargs):
-        """Calls ``method``, timing it into ``times[key]`` (fit, evaluate: and peak memory)."""
-        kind, start = memory(self.cuda, True) if key in ("fit", "evaluate") else None, self._now()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            self.times[key].append(self._now() - start)
-            if kind:
-                self.memory[key], self.memory_kind = memory(self.cuda), kind
-
     def on_stage_start(self, stage, epoch=None):
         """Starts the stage's clock."""
-        self._stage_start = self._now()
+        self.stage_start = self.now()
         return super().on_stage_start(stage, epoch)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Stops it after the base hook (checkpointing, test_metrics.json)."""
         out = super().on_stage_end(stage, stage_loss, epoch)
-        self.times[stage.name.lower()].append(self._now() - self._stage_start)
+        self.times[stage.name.lower()].append(self.now() - self.stage_start)
         return out
 
-    def fit_batch(self, batch):
-        """Timed training batch (forward, backward, step)."""
-        return self._timed("batch", super().fit_batch, batch)
 
-    def evaluate_batch(self, batch, stage):
-        """Counts the test clips."""
-        self.n_test += len(batch.id) if stage == sb.Stage.TEST else 0
-        return super().evaluate_batch(batch, stage)
-
-    def fit(self, *args, **kwargs):
-        """Timed fit."""
-        return self._timed("fit", super().fit, *args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        """Timed evaluate (the test stage)."""
-        return self._timed("evaluate", super().evaluate, *args, **kwargs)
-
-    def save_interpretations(self, *args, **kwargs):
-        """Timed writing of interpretations (excluded from clips/s)."""
-        return self._timed("save", super().save_interpretations, *args, **kwargs)
+def median(xs):
+    """Median of ``xs``; None when empty."""
+    return statistics.median(xs) if xs else None
 
 
 def run_one(args, overrides, precision):
-    """Runs ``experiment.run_interpreter`` with the timed Brain; returns the figures."""
+    """Runs the timed Brain at ``precision`` in a new folder; returns figures."""
     module_name, class_name = args.brain.split(":")
     base = getattr(importlib.import_module(module_name), class_name)
     folder = os.path.join(args.output_folder, precision)
-    os.makedirs(folder, exist_ok="--test_only" in overrides)  # else training would resume
-    argv = [args.hparams, "--data_folder", args.data_folder, "--output_folder", folder,
-            "--device", args.device, "--precision", precision, "--eval_precision", precision,
-            "--noprogressbar"]
-    if args.profile:  # store_true run option; a user's warmup/steps come later and win
-        argv += ["--profile_training", "--profile_warmup", "1", "--profile_steps", "2"]
+    os.makedirs(folder, exist_ok="--test_only" in overrides)  # else it resumes
+    argv = [args.hparams, "--noprogressbar", "--data_folder", args.data_folder]
+    argv += ["--output_folder", folder, "--device", args.device]
+    argv += ["--precision", precision, "--eval_precision", precision]
+    argv += (PROFILE if args.profile else []) + overrides  # later ones win
     try:
-        experiment.run_interpreter(type(f"Timed{class_name}", (Timed, base), {}), argv + overrides)
-    except SystemExit:  # Brain.fit calls quit() once the profiler has its steps
+        experiment.run_interpreter(
+            type(f"Timed{class_name}", (Timed, base), {}), argv
+        )
+    except SystemExit:  # Brain.fit quits once the profiler has its steps
         if not args.profile:
             raise
-    brain = Timed.instance
-    if brain.profiler is not None:  # printed by the process that ran it
-        table = brain.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-        print(f"\ntorch.profiler, {precision}, {len(brain.times['batch'])} batches:\n{table}")
-    t, metrics, path = brain.times, {}, os.path.join(folder, "test_metrics.json")
+    brain, metrics = Timed.instance, {}
+    t, path = brain.times, os.path.join(folder, "test_metrics.json")
+    if brain.profiler is not None:
+        averages = brain.profiler.key_averages()
+        print(f"\ntorch.profiler, {precision}, {len(t['fit_batch'])} batches:")
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=15))
     if t["test"] and os.path.isfile(path):
         with open(path) as f:
             metrics = json.load(f)
-    n, test_s = brain.n_test, t["test"][0] - sum(t["save"]) if t["test"] else None
-    median = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    n = metrics.get("n_clips")
+    test_s = t["test"][0] - sum(t["save_interpretations"]) if n else None
     return {
-        "precision": precision, "initial_weights_sha256": brain.init_hash, "fit_s": sum(t["fit"]),
-        "first_epoch_s": (t["train"] or [None])[0], "median_later_epoch_s": median(t["train"][1:]),
-        "median_batch_s": median(t["batch"]), "min_batch_s": min(t["batch"], default=None),
-        "train_batches": len(t["batch"]), "median_valid_pass_s": median(t["valid"]),
-        "test_clips_per_s": n / test_s if test_s else None, "test_clips": n,
-        "writing_interpretations_s": sum(t["save"]), "peak_fit_mib": brain.memory.get("fit"),
-        "peak_test_mib": brain.memory.get("evaluate"), "memory_kind": brain.memory_kind,
-        "test_checkpoint_epoch": brain.hparams.epoch_counter.current if n else None,
-        **{f"metric_{k}": v for k, v in metrics.items()}, "machine": machine_info(),
-        "epochs_s": t["train"], "batches_s": t["batch"], "valid_passes_s": t["valid"],
+        "precision": precision,
+        "initial_weights_sha256": brain.init_hash,
+        "fit_s": sum(t["fit"]),
+        "first_epoch_s": t["train"][0] if t["train"] else None,
+        "median_later_epoch_s": median(t["train"][1:]),
+        "median_batch_s": median(t["fit_batch"]),
+        "min_batch_s": min(t["fit_batch"], default=None),
+        "train_batches": len(t["fit_batch"]),
+        "median_valid_pass_s": median(t["valid"]),
+        "test_clips_per_s": n / test_s if n else None,
+        "writing_interpretations_s": sum(t["save_interpretations"]),
+        "peak_fit_mib": brain.memory.get("fit"),
+        "peak_test_mib": brain.memory.get("evaluate"),
+        "test_checkpoint_epoch": n and brain.hparams.epoch_counter.current,
+        **{f"metric_{k}": v for k, v in metrics.items()},
+        "memory_kind": brain.memory_kind,
+        "machine": machine_info(),
+        "times_s": dict(t),
     }
 
 
+def cell(value):
+    """A table cell: floats to 5 significant digits, None as '-'."""
+    if value is None:
+        return "-"
+    return format(value, ".5g" if isinstance(value, float) else "")
+
+
 def print_report(results, args):
-    """One column per precision: every scalar figure."""
-    print(f"\n=== {args.brain} {os.path.relpath(args.hparams, RECIPE_ROOT)}, {args.device}; "
-          f"peak memory: {results[0]['memory_kind']}\n{results[0]['machine']}")
-    for key, value in results[0].items():
-        if key not in ("memory_kind", "machine") and not isinstance(value, list):
-            cells = [format(r[key], ".5g" if isinstance(r[key], float) else "")
-                     if r.get(key) is not None else "-" for r in results]
-            print(f"{key:30s}" + "".join(f"{c:>14s}" for c in cells))
+    """Header, then one row per figure, one column per precision."""
+    hparams, first = os.path.relpath(args.hparams, RECIPE_ROOT), results[0]
+    print(
+        f"\n=== {args.brain} {hparams}, {args.device}; peak memory: "
+        f"{first['memory_kind']}\n{first['machine']}"
+    )
+    for key in (k for k in first if k not in NOT_ROWS):
+        cells = "".join(f"{cell(r.get(key)):>14s}" for r in results)
+        print(f"{key:30s}{cells}")
 
 
-def main(argv):
-    """Runs each precision in a fresh process (own peak memory); prints, returns figures."""
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag, default in [("--brain", "train_piq:PIQBrain"), ("--hparams", "hparams/piq.yaml"),
-                          ("--precision", "fp32"), ("--compare", None), ("--device", "cpu"),
-                          ("--json", None), ("--data_folder", None), ("--output_folder", None),
-                          ("--n_classes", 4), ("--clips_per_fold", 8), ("--data_seed", 0)]:
-        parser.add_argument(flag, default=default, type=str if default is None else type(default))
+def parse_args(argv):
+    """The benchmark's options; the rest are YAML overrides."""
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # else it would take YAML overrides as options
+    )
+    add = parser.add_argument
+    add("--brain", default="train_piq:PIQBrain")
+    add("--hparams", default="hparams/piq.yaml")
+    add("--precision", default="fp32")
+    add("--device", default="cpu")
+    add("--n_classes", type=int, default=4)
+    add("--clips_per_fold", type=int, default=8)
+    add("--data_seed", type=int, default=0)
+    for flag in ("--compare", "--json", "--data_folder", "--output_folder"):
+        add(flag)
     for flag in ("--profile", "--keep"):
-        parser.add_argument(flag, action="store_true")
+        add(flag, action="store_true")
     args, overrides = parser.parse_known_args(argv)
-    precisions = (args.compare or args.precision).split(",")
-    if set(precisions) - {"fp32", "bf16", "fp16" if "cuda" in args.device else "fp32"}:
+    args.precisions = (args.compare or args.precision).split(",")
+    if not set(args.precisions) <= {"fp32", "bf16", "fp16"}:
         parser.error("precisions: fp32, bf16, fp16 (fp16 on cuda only)")
     if not os.path.exists(args.hparams):
         args.hparams = os.path.join(RECIPE_ROOT, args.hparams)
-    args.keep = args.keep or args.output_folder is not None  # never remove a given folder
-    args.output_folder = os.path.abspath(args.output_folder or tempfile.mkdtemp(prefix="bench_"))
+    args.keep = args.keep or args.output_folder is not None  # never remove it
+    args.output_folder = args.output_folder or tempfile.mkdtemp(prefix="bench_")
+    args.output_folder = os.path.abspath(args.output_folder)
+    return args, overrides
+
+
+def main(argv):
+    """Runs each precision in a fresh process (own peak memory); prints and
+    returns the figures."""
+    args, overrides = parse_args(argv)
+    spawn, results = multiprocessing.get_context("spawn"), []
     try:
         if args.data_folder is None:
             args.data_folder = os.path.join(args.output_folder, "data")
-            synthetic_esc50.generate(args.data_folder, args.n_classes, args.clips_per_fold,
-                                     seed=args.data_seed)
-        args.data_folder, results = os.path.abspath(args.data_folder), []
-        for p in precisions:
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            synthetic_esc50.generate(
+                args.data_folder,
+                args.n_classes,
+                args.clips_per_fold,
+                seed=args.data_seed,
+            )
+        args.data_folder = os.path.abspath(args.data_folder)
+        for p in args.precisions:
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                job = pool.submit(run_one, args, overrides, p)
                 try:
-                    results.append(pool.submit(run_one, args, overrides, p).result())
+                    results.append(job.result())
                 except Exception:  # go on with the other precisions
                     logger.exception(f"The {p} run failed")
         if results:
@@ -236,7 +282,7 @@ def main(argv):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
-        if len(results) < len(precisions):
+        if len(results) < len(args.precisions):
             sys.exit("Some precisions failed: see the tracebacks above.")
         return results
     finally:
