@@ -209,6 +209,18 @@ def make_datasets(hparams, label_encoder):
     return datasets
 
 
+def make_brain(brain_class, hparams, run_opts):
+    """``brain_class`` over the YAML's ``modules``, ``opt_class`` and
+    ``checkpointer``."""
+    return brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+
+
 def run_interpreter(brain_class, argv):
     """``main`` of a trained interpreter: parse the command line, prepare the
     data, load the frozen classifier, build ``brain_class``, train (unless
@@ -216,12 +228,6 @@ def run_interpreter(brain_class, argv):
     hparams, run_opts = setup_experiment(argv)
     prepare_manifests(hparams)
     datasets = make_datasets(hparams, load_classifier(hparams))
-    brain = brain_class(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = make_brain(brain_class, hparams, run_opts)
     fit_and_test(brain, datasets, brain.best_key)
     return brain

@@ -26,6 +26,7 @@ from speechbrain.utils.logger import get_logger
 
 from experiment import (
     fit_and_test,
+    make_brain,
     make_datasets,
     prepare_manifests,
     setup_experiment,
@@ -115,13 +116,7 @@ def main(argv):
     label_encoder.expect_len(len(label_encoder))
     hparams["label_encoder"] = label_encoder
     datasets = make_datasets(hparams, label_encoder)
-    brain = ClassifierBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = make_brain(ClassifierBrain, hparams, run_opts)
     fit_and_test(brain, datasets, min_key="error_rate")
 
 

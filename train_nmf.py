@@ -26,6 +26,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from experiment import (
     fit_and_test,
+    make_brain,
     make_datasets,
     prepare_manifests,
     setup_experiment,
@@ -116,13 +117,7 @@ def main(argv):
     if if_main_process():
         encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
     datasets = make_datasets(hparams, encoder)
-    brain = NMFBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = make_brain(NMFBrain, hparams, run_opts)
     fit_and_test(brain, datasets, min_key="reconstruction_error")
 
 
