@@ -1,21 +1,18 @@
 #!/usr/bin/env python3
-"""Speed, memory and precision benchmark of a trained interpreter: runs
+"""Speed, memory and precision benchmark of a trained interpreter, run through
 ``experiment.run_interpreter`` with its Brain (--brain module:Class, default
-train_piq:PIQBrain) subclassed to add timers, and prints (--json FILE saves)
-seconds per epoch, batch and validation pass, test clips/s (interpretation
-writing excluded), peak memory of fit and test, the test metrics and a hash of
-the initial weights. Run:
+train_piq:PIQBrain) given timers. Run:
 
     .venv/bin/python benchmarks/benchmark.py --hparams hparams/piq.yaml \\
         --compare fp32,bf16 --n_classes 3 --clips_per_fold 2 \\
         --use_pretrained False --out_n_neurons 3 --batch_size 2 \\
         --number_of_epochs 2 --emb_dim 16 --K 12 --save_interpretations False
 
-Each precision (--compare, or --precision fp32|bf16|fp16) runs in its own
-process on --device (cpu) from the same initial weights. --profile: SpeechBrain's
-profiler. Data are generated (--n_classes, --clips_per_fold, --data_seed) unless
---data_folder; outputs go to a temporary folder unless --output_folder or
---keep. Any other --key value is a YAML override.
+Each precision of --compare (else --precision) runs in a fresh process on
+--device from the same initial weights; --profile adds SpeechBrain's profiler;
+--json FILE saves the figures. Data are generated (--n_classes, --clips_per_fold,
+--data_seed) unless --data_folder; outputs are removed unless --output_folder
+or --keep. Any other --key value is a YAML override.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -27,12 +24,11 @@ import importlib
 import json
 import multiprocessing
 import os
-import shutil
-import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from statistics import median
 
 RECIPE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, RECIPE_ROOT)
@@ -46,50 +42,36 @@ import synthetic_esc50  # noqa: E402
 
 logger = get_logger(__name__)
 PROFILE = "--profile_training --profile_warmup 1 --profile_steps 2".split()
-NOT_ROWS = ("memory_kind", "machine", "times_s")  # figures not in the table
 
 
 def machine_info():
     """CPU model and capability, native bf16 on CPU, threads, GPU, versions."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(x.split(":")[1].strip() for x in f if "model name" in x)
-    except (OSError, StopIteration):
-        cpu = "?"
+    with open("/proc/cpuinfo") as f:  # Linux only, as VmHWM
+        cpu = [x.split(":")[1].strip() for x in f if "model name" in x] + ["?"]
     try:
         bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # private API
     except Exception:
         bf16 = "?"
     gpu = torch.cuda.is_available() and torch.cuda.get_device_name(0)
     return (
-        f"machine: {cpu}; CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"machine: {cpu[0]}; CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"native bf16 on CPU {bf16}, torch threads {torch.get_num_threads()}, "
         f"GPU {gpu or 'none'}; torch {torch.__version__}, speechbrain {sb.__version__}"
     )
 
 
-def reset_peak(cuda):
-    """Resets the peak that ``peak_mib`` reads; returns what that measures."""
-    if cuda:
+def peak_mib(cuda, reset=False):
+    """Peak memory in MiB since the last ``reset``: the CUDA allocator's, else
+    the process's VmHWM (reset through clear_refs, Linux >= 4.0)."""
+    if reset and cuda:
         torch.cuda.reset_peak_memory_stats()
-        return "torch.cuda.max_memory_allocated"
-    try:
+    elif reset:
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (Linux >= 4.0)
-        return "peak RSS of the phase (VmHWM)"
-    except OSError:
-        return "peak RSS since process start (VmHWM)"
-
-
-def peak_mib(cuda):
-    """Peak memory in MiB: the CUDA allocator's, else VmHWM (None without it)."""
+            f.write("5")
     if cuda:
         return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(x.split()[1]) / 1024 for x in f if "VmHWM" in x)
-    except (OSError, StopIteration):
-        return None
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) / 1024 for x in f if "VmHWM" in x)
 
 
 def timed(name):
@@ -99,21 +81,20 @@ def timed(name):
         """Calls the base method; for fit and evaluate also records peak memory."""
         phase = name in ("fit", "evaluate")
         if phase:
-            self.memory_kind = reset_peak(self.cuda)
+            peak_mib(self.device_type == "cuda", reset=True)
         start = self.now()
         try:
             return getattr(super(Timed, self), name)(*args, **kwargs)
         finally:  # also when the profiler quits fit
             self.times[name].append(self.now() - start)
             if phase:
-                self.memory[name] = peak_mib(self.cuda)
+                self.memory[name] = peak_mib(self.device_type == "cuda")
 
     return method
 
 
 class Timed:
-    """Mixin put first in the Brain's MRO: times stages, training batches, fit,
-    evaluate and interpretation writing; hashes the initial weights."""
+    """Mixin put first in the Brain's MRO: timers, peak memory, weights' hash."""
 
     fit_batch = timed("fit_batch")
     fit = timed("fit")
@@ -123,36 +104,28 @@ class Timed:
     def __init__(self, *args, **kwargs):
         """Builds the Brain, then hashes the initial state of its ``modules``."""
         super().__init__(*args, **kwargs)
-        Timed.instance, self.memory, self.memory_kind = self, {}, None
-        self.cuda = str(self.device).startswith("cuda")
+        Timed.instance, self.memory = self, {}
         self.times = collections.defaultdict(list)
         digest = hashlib.sha256()
         for tensor in self.modules.state_dict().values():
-            data = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(data.view(torch.uint8).numpy())
+            digest.update(tensor.cpu().flatten().view(torch.uint8).numpy())
         self.init_hash = digest.hexdigest()[:12]
 
     def now(self):
         """time.perf_counter, once the GPU has finished its work."""
-        if self.cuda:
+        if self.device_type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter()
 
     def on_stage_start(self, stage, epoch=None):
-        """Starts the stage's clock."""
+        """Starts the stage's clock after the base hook."""
+        super().on_stage_start(stage, epoch)
         self.stage_start = self.now()
-        return super().on_stage_start(stage, epoch)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Stops it after the base hook (checkpointing, test_metrics.json)."""
-        out = super().on_stage_end(stage, stage_loss, epoch)
+        super().on_stage_end(stage, stage_loss, epoch)
         self.times[stage.name.lower()].append(self.now() - self.stage_start)
-        return out
-
-
-def median(xs):
-    """Median of ``xs``; None when empty."""
-    return statistics.median(xs) if xs else None
 
 
 def run_one(args, overrides, precision):
@@ -165,10 +138,8 @@ def run_one(args, overrides, precision):
     argv += ["--output_folder", folder, "--device", args.device]
     argv += ["--precision", precision, "--eval_precision", precision]
     argv += (PROFILE if args.profile else []) + overrides  # later ones win
-    try:
-        experiment.run_interpreter(
-            type(f"Timed{class_name}", (Timed, base), {}), argv
-        )
+    try:  # the Brain's class, with Timed first
+        experiment.run_interpreter(type(class_name, (Timed, base), {}), argv)
     except SystemExit:  # Brain.fit quits once the profiler has its steps
         if not args.profile:
             raise
@@ -183,23 +154,22 @@ def run_one(args, overrides, precision):
             metrics = json.load(f)
     n = metrics.get("n_clips")
     test_s = t["test"][0] - sum(t["save_interpretations"]) if n else None
-    return {
+    return {  # [None]: the figure when there is no time
         "precision": precision,
         "initial_weights_sha256": brain.init_hash,
         "fit_s": sum(t["fit"]),
-        "first_epoch_s": t["train"][0] if t["train"] else None,
-        "median_later_epoch_s": median(t["train"][1:]),
-        "median_batch_s": median(t["fit_batch"]),
+        "first_epoch_s": (t["train"] or [None])[0],
+        "median_later_epoch_s": median(t["train"][1:] or [None]),
+        "median_batch_s": median(t["fit_batch"] or [None]),
         "min_batch_s": min(t["fit_batch"], default=None),
         "train_batches": len(t["fit_batch"]),
-        "median_valid_pass_s": median(t["valid"]),
+        "median_valid_pass_s": median(t["valid"] or [None]),
         "test_clips_per_s": n / test_s if n else None,
         "writing_interpretations_s": sum(t["save_interpretations"]),
         "peak_fit_mib": brain.memory.get("fit"),
         "peak_test_mib": brain.memory.get("evaluate"),
         "test_checkpoint_epoch": n and brain.hparams.epoch_counter.current,
         **{f"metric_{k}": v for k, v in metrics.items()},
-        "memory_kind": brain.memory_kind,
         "machine": machine_info(),
         "times_s": dict(t),
     }
@@ -207,29 +177,25 @@ def run_one(args, overrides, precision):
 
 def cell(value):
     """A table cell: floats to 5 significant digits, None as '-'."""
-    if value is None:
-        return "-"
-    return format(value, ".5g" if isinstance(value, float) else "")
+    text = "-" if value is None else str(value)
+    return f"{value:.5g}" if isinstance(value, float) else text
 
 
 def print_report(results, args):
     """Header, then one row per figure, one column per precision."""
-    hparams, first = os.path.relpath(args.hparams, RECIPE_ROOT), results[0]
-    print(
-        f"\n=== {args.brain} {hparams}, {args.device}; peak memory: "
-        f"{first['memory_kind']}\n{first['machine']}"
-    )
-    for key in (k for k in first if k not in NOT_ROWS):
+    kind = "CUDA allocator" if "cuda" in args.device else "VmHWM of the phase"
+    print(f"\n=== {args.brain} {args.hparams}, {args.device}")
+    print(f"{results[0]['machine']}\npeak memory: {kind}")
+    for key in (k for k in results[0] if k not in ("machine", "times_s")):
         cells = "".join(f"{cell(r.get(key)):>14s}" for r in results)
         print(f"{key:30s}{cells}")
 
 
 def parse_args(argv):
     """The benchmark's options; the rest are YAML overrides."""
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # else it would take YAML overrides as options
+    raw = argparse.RawDescriptionHelpFormatter  # --help: the docstring as is
+    parser = argparse.ArgumentParser(  # no abbreviations: --key value is YAML
+        description=__doc__, formatter_class=raw, allow_abbrev=False
     )
     add = parser.add_argument
     add("--brain", default="train_piq:PIQBrain")
@@ -245,31 +211,23 @@ def parse_args(argv):
         add(flag, action="store_true")
     args, overrides = parser.parse_known_args(argv)
     args.precisions = (args.compare or args.precision).split(",")
-    if not set(args.precisions) <= {"fp32", "bf16", "fp16"}:
-        parser.error("precisions: fp32, bf16, fp16 (fp16 on cuda only)")
+    if args.keep and not args.output_folder:  # else a removed temporary one
+        args.output_folder = tempfile.mkdtemp(prefix="bench_")
     if not os.path.exists(args.hparams):
         args.hparams = os.path.join(RECIPE_ROOT, args.hparams)
-    args.keep = args.keep or args.output_folder is not None  # never remove it
-    args.output_folder = args.output_folder or tempfile.mkdtemp(prefix="bench_")
-    args.output_folder = os.path.abspath(args.output_folder)
     return args, overrides
 
 
 def main(argv):
-    """Runs each precision in a fresh process (own peak memory); prints and
-    returns the figures."""
+    """Runs each precision in a fresh process (own peak memory), reports."""
     args, overrides = parse_args(argv)
     spawn, results = multiprocessing.get_context("spawn"), []
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        args.output_folder = os.path.abspath(args.output_folder or tmp)
         if args.data_folder is None:
             args.data_folder = os.path.join(args.output_folder, "data")
-            synthetic_esc50.generate(
-                args.data_folder,
-                args.n_classes,
-                args.clips_per_fold,
-                seed=args.data_seed,
-            )
-        args.data_folder = os.path.abspath(args.data_folder)
+            n, clips, seed = args.n_classes, args.clips_per_fold, args.data_seed
+            synthetic_esc50.generate(args.data_folder, n, clips, seed=seed)
         for p in args.precisions:
             with ProcessPoolExecutor(1, mp_context=spawn) as pool:
                 job = pool.submit(run_one, args, overrides, p)
@@ -277,17 +235,13 @@ def main(argv):
                     results.append(job.result())
                 except Exception:  # go on with the other precisions
                     logger.exception(f"The {p} run failed")
-        if results:
-            print_report(results, args)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
-        if len(results) < len(args.precisions):
-            sys.exit("Some precisions failed: see the tracebacks above.")
-        return results
-    finally:
-        if not args.keep:
-            shutil.rmtree(args.output_folder, ignore_errors=True)
+    if results:
+        print_report(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if len(results) < len(args.precisions):
+        sys.exit("Some precisions failed: see the tracebacks above.")
 
 
 if __name__ == "__main__":
