@@ -1,6 +1,7 @@
 """The audio front end shared by classifiers, NMF and interpreters.
 
-* ``load_clip``: a file as the models expect it (mono, resampled, padded or
+* ``load_audio``: any sound file as mono audio at the models' rate;
+  ``load_clip``: a file as the models expect it (mono, resampled, padded or
   cropped to a fixed length, peak-normalised).
 * ``log_spectrogram``: the model input X = log1p |STFT|.
 * ``interpretation_wavs``: back to audio, the ISTFT of a masked X with the
@@ -33,24 +34,18 @@ def _resampler(orig_sr, sample_rate):
     return torchaudio.transforms.Resample(orig_sr, sample_rate)
 
 
-def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
-    """Loads one clip as the recipe's models expect it.
+def load_audio(path, sample_rate):
+    """A sound file (wav, flac, ogg, mp3, ...) as one mono float32 tensor
+    [N] at ``sample_rate``: channels averaged, then resampled.
 
-    Downmix to mono, resample to ``sample_rate``, pad with zeros or crop to
-    exactly ``signal_length_s`` seconds, and divide by max|x| + eps (a silent
-    clip stays all zeros, a negative peak is handled).
-
-    Returns
-    -------
-    torch.Tensor
-        float32 [round(sample_rate * signal_length_s)].
-    """
+    Raises RuntimeError (unreadable file) or ValueError (NaN or infinite
+    samples), naming the file."""
     try:
         data, orig_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types
         raise RuntimeError(
-            f"Cannot read audio file {path}: {err}. Replace the file, or remove it from the "
-            "dataset's list (meta/esc50.csv for ESC-50)."
+            f"Cannot read audio file {path}: {err}. Replace the file, or "
+            "remove it from the dataset's list (meta/esc50.csv for ESC-50)."
         ) from err
     if not np.isfinite(data).all():
         raise ValueError(
@@ -59,8 +54,24 @@ def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
             "ESC-50)."
         )
     wav = torch.from_numpy(data).mean(1)
-    if orig_sr != sample_rate:
+    if orig_sr != sample_rate and wav.numel():
         wav = _resampler(orig_sr, sample_rate)(wav)
+    return wav
+
+
+def load_clip(path, sample_rate, signal_length_s, eps=1e-8):
+    """Loads one clip as the recipe's models expect it.
+
+    ``load_audio``, then pad with zeros or crop to exactly
+    ``signal_length_s`` seconds, and divide by max|x| + eps (a silent clip
+    stays all zeros, a negative peak is handled).
+
+    Returns
+    -------
+    torch.Tensor
+        float32 [round(sample_rate * signal_length_s)].
+    """
+    wav = load_audio(path, sample_rate)
     n = int(round(sample_rate * signal_length_s))
     wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
     return peak_normalize(wav, eps)

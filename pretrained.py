@@ -190,19 +190,27 @@ def classifier_label_encoder(hparams, beside=None):
     return encoder, source
 
 
+def load_weights(hparams):
+    """Checks, fetches and strictly loads every checkpoint of the YAML's
+    ``pretrainer`` (the classifier, and e.g. an NMF dictionary); returns
+    name -> local path."""
+    pretrainer = hparams["pretrainer"]
+    keys = checkpoint_keys(hparams, pretrainer)
+    check_local_checkpoints(keys)
+    paths = collect_checkpoints(pretrainer, keys)
+    for name, path in paths.items():
+        key, given = keys[name]
+        strict_load(pretrainer.loadables[name], path, f"{key}={given}")
+    return paths
+
+
 def load_classifier(hparams):
     """Loads the frozen classifier (if ``use_pretrained``) and returns its
     label mapping, also stored as ``hparams["label_encoder"]`` and written
     to ``<save_folder>/label_encoder.txt``."""
     beside = None
     if hparams["use_pretrained"]:
-        pretrainer = hparams["pretrainer"]
-        keys = checkpoint_keys(hparams, pretrainer)
-        check_local_checkpoints(keys)
-        paths = collect_checkpoints(pretrainer, keys)
-        for name, path in paths.items():
-            key, given = keys[name]
-            strict_load(pretrainer.loadables[name], path, f"{key}={given}")
+        paths = load_weights(hparams)
         folder = os.path.dirname(os.path.realpath(paths["classifier"]))
         candidate = os.path.join(folder, "label_encoder.txt")
         beside = candidate if os.path.isfile(candidate) else None

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Interpret your own recordings with a trained interpreter of this recipe.
+
+Run:
+    python interpret_file.py results/piq/1234 dog.wav street.mp3 \\
+        --output_folder my_interpretations
+
+The first argument is the output folder of a PIQ or L2I run (it holds the
+trained checkpoint) or of an AMT run (nothing trained), or a Hugging Face hub
+repository with the same files. Any file soundfile reads (wav, flac, ogg,
+mp3), at any sample rate, mono or stereo (downmixed), of any length: a file
+shorter than 5 s is padded; a longer one is cut into 5 s windows, 2.5 s
+apart, whose masks are averaged where they overlap, so the whole file is
+explained. For each file, ``<output_folder>/<file name>/`` gets
+``interpretation.wav`` (the file's duration, 16 kHz), ``mask.npy`` (float32
+[frames, 513]), ``spectra.png`` and ``classes.json`` (the top classes and
+their probabilities, averaged over the windows), and the top classes are
+logged. In Python::
+
+    from interpret_file import AudioInterpreter
+    interpreter = AudioInterpreter.from_hparams(source="results/piq/1234")
+    result = interpreter.interpret_file("dog.wav")  # or interpret_batch([wav])
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import argparse
+import importlib
+import logging
+import os
+import re
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.logger import get_logger
+
+from fileio import write_json
+from front_end import (
+    interpretation_wavs,
+    load_audio,
+    log_spectrogram,
+    peak_normalize,
+)
+from pretrained import load_weights, read_label_file
+
+logger = get_logger(__name__)
+
+# script a run folder holds -> the Brain class of its method
+METHODS = {
+    "train_piq.py": ("train_piq", "PIQBrain"),
+    "train_l2i.py": ("train_l2i", "L2IBrain"),
+    "interpret_amt.py": ("interpret_amt", "AMTBrain"),
+}
+
+
+class AudioInterpreter:
+    """A trained interpreter, applied to sound files or waveforms.
+
+    Arguments
+    ---------
+    brain : interpreter_brain.InterpreterBrain
+        The method's Brain, its interpreter loaded and in eval mode.
+    labels : speechbrain.dataio.encoder.CategoricalEncoder
+        The classifier's label mapping.
+    """
+
+    def __init__(self, brain, labels):
+        self.brain = brain
+        self.hparams = brain.hparams
+        self.labels = labels
+        self.sample_rate = self.hparams.sample_rate
+        self.window = int(
+            round(self.sample_rate * self.hparams.signal_length_s)
+        )
+        hop = self.hparams.compute_stft.hop_length
+        # windows start on STFT frames, half a window apart
+        self.window_hop = (self.window // 2 // hop) * hop
+
+    @classmethod
+    def from_hparams(cls, source, savedir=None, device="cpu"):
+        """The interpreter of a run folder (``source``: a local output folder
+        of train_piq.py, train_l2i.py or interpret_amt.py) or of a Hugging
+        Face hub repository holding the same files (downloaded to
+        ``savedir``)."""
+        folder = source
+        if not os.path.isdir(source):
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(source, local_dir=savedir)
+        script = [
+            name for name in METHODS if os.path.isfile(f"{folder}/{name}")
+        ]
+        if not script or not os.path.isfile(f"{folder}/hyperparams.yaml"):
+            raise FileNotFoundError(
+                f"{source} is not the output folder of a run of this recipe "
+                "(it needs hyperparams.yaml and the method's script, e.g. "
+                "train_piq.py). Give the --output_folder of a finished run."
+            )
+        with open(f"{folder}/hyperparams.yaml", encoding="utf-8") as f:
+            text = f.read()
+        # the run's paths, moved to where the folder is now
+        old = re.search(r"^output_folder: *(\S+)", text, re.M).group(1)
+        text = text.replace(old, os.path.abspath(folder))
+        hparams = load_hyperpyyaml(text)
+        module, name = METHODS[script[0]]
+        brain_class = getattr(importlib.import_module(module), name)
+        if hparams["use_pretrained"]:
+            load_weights(hparams)
+        hparams["label_encoder"] = read_label_file(
+            f"{folder}/save/label_encoder.txt"
+        )
+        brain = brain_class(
+            modules=hparams.get("modules"),
+            hparams=hparams,
+            run_opts={"device": device, "noprogressbar": True},
+            checkpointer=hparams.get("checkpointer"),
+        )
+        if brain.checkpointer is not None:
+            found = brain.checkpointer.find_checkpoint(min_key=brain.best_key)
+            if found is None:
+                raise FileNotFoundError(
+                    f"{folder}/save holds no trained checkpoint: train first "
+                    f"(python {script[0]} ...), then point at its folder."
+                )
+            brain.checkpointer.recover_if_possible(min_key=brain.best_key)
+        brain.modules.eval()
+        return cls(brain, hparams["label_encoder"])
+
+    def windows(self, wav):
+        """wav [N] -> ([W, window] peak-normalised windows, their start
+        samples); the last window is zero-padded."""
+        n = max(wav.numel(), 1)
+        starts = list(range(0, max(n - self.window, 0) + 1, self.window_hop))
+        if starts[-1] + self.window < n:
+            starts.append(starts[-1] + self.window_hop)
+        padded = torch.nn.functional.pad(
+            wav, (0, starts[-1] + self.window - wav.numel())
+        )
+        chunks = torch.stack([padded[s : s + self.window] for s in starts])
+        return peak_normalize(chunks), starts
+
+    @torch.no_grad()
+    def interpret_batch(self, wavs, top_k=5):
+        """Interprets several waveforms at once (all their windows in one
+        batch).
+
+        Arguments
+        ---------
+        wavs : list of torch.Tensor
+            Mono waveforms [N_i] at the recipe's rate, any lengths.
+        top_k : int
+            How many classes to report.
+
+        Returns
+        -------
+        list of dict
+            Per waveform: ``mask`` (float32 [T_i, F] over the whole file),
+            ``X`` ([T_i, F] log1p magnitude), ``interpretation`` ([N_i]
+            waveform), ``top_classes`` (list of (class, probability)).
+        """
+        brain, hp = self.brain, self.hparams
+        pieces = [self.windows(wav) for wav in wavs]
+        batch = torch.cat([chunks for chunks, _ in pieces]).to(brain.device)
+        X, stft = log_spectrogram(hp.compute_stft, batch)
+        hidden, logits = brain.classify(X)
+        masks = brain.interpret(X, stft, hidden, logits, sb.Stage.TEST).mask
+        probs = torch.softmax(logits.float(), dim=1).cpu()
+        masks, hop, results, first = (
+            masks.float().cpu(),
+            hp.compute_stft.hop_length,
+            [],
+            0,
+        )
+        for wav, (chunks, starts) in zip(wavs, pieces):
+            rows = slice(first, first + len(starts))
+            first += len(starts)
+            whole = peak_normalize(wav).unsqueeze(0).to(brain.device)
+            X_file, stft_file = log_spectrogram(hp.compute_stft, whole)
+            total = torch.zeros(X_file.shape[1:])
+            count = torch.zeros(X_file.shape[1], 1)
+            for mask, start in zip(masks[rows], starts):
+                frame = start // hop
+                frames = min(mask.shape[0], total.shape[0] - frame)
+                total[frame : frame + frames] += mask[:frames]
+                count[frame : frame + frames] += 1
+            mask = total / count.clamp(min=1)
+            audio = interpretation_wavs(
+                hp.compute_istft,
+                mask.to(X_file) * X_file,
+                stft_file,
+                wav.numel(),
+            )
+            p = probs[rows].mean(0)
+            top = p.topk(min(top_k, p.numel()))
+            results.append(
+                {
+                    "mask": mask.numpy().astype("float32"),
+                    "X": X_file[0].float().cpu().numpy(),
+                    "interpretation": audio[0].float().cpu(),
+                    "top_classes": [
+                        (self.labels.ind2lab[int(k)], float(v))
+                        for v, k in zip(top.values, top.indices)
+                    ],
+                }
+            )
+        return results
+
+    def interpret_file(self, path, top_k=5):
+        """``interpret_batch`` of one file; see ``interpret_files``."""
+        return self.interpret_files([path], top_k)[0]
+
+    def interpret_files(self, paths, top_k=5):
+        """Loads the files (``front_end.load_audio``) and interprets them in
+        one batch. An empty file is an error naming it."""
+        wavs = []
+        for path in paths:
+            wav = load_audio(path, self.sample_rate)
+            if wav.numel() == 0:
+                raise ValueError(f"Audio file {path} is empty (no samples).")
+            wavs.append(wav)
+        return self.interpret_batch(wavs, top_k)
+
+    def save(self, result, folder, name):
+        """Writes ``result`` (one item of ``interpret_batch``) to
+        ``folder``: interpretation.wav, mask.npy, spectra.png, classes.json."""
+        import numpy as np
+        import soundfile as sf
+
+        import plotting
+        from fileio import write_atomically
+
+        os.makedirs(folder, exist_ok=True)
+        write_atomically(
+            f"{folder}/interpretation.wav",
+            lambda f: sf.write(
+                f,
+                result["interpretation"].numpy(),
+                self.sample_rate,
+                format="WAV",
+                subtype="FLOAT",
+            ),
+            mode="wb",
+        )
+        write_atomically(
+            f"{folder}/mask.npy",
+            lambda f: np.save(f, result["mask"]),
+            mode="wb",
+        )
+        top_class = result["top_classes"][0][0]
+        plotting.plot_interpretation(
+            f"{folder}/spectra.png",
+            result["X"],
+            result["mask"],
+            "unknown",
+            top_class,
+            self.sample_rate,
+            self.hparams.compute_stft.hop_length,
+        )
+        write_json(
+            f"{folder}/classes.json",
+            {
+                "file": name,
+                "top_classes": [
+                    {"class": c, "probability": p}
+                    for c, p in result["top_classes"]
+                ],
+            },
+        )
+
+
+def main(argv):
+    """Parse, load the interpreter, interpret every file, save, log."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("source", help="run folder (or hub repository)")
+    parser.add_argument("files", nargs="+", help="sound files")
+    parser.add_argument("--output_folder", default="interpretations")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--top_k", type=int, default=5)
+    args = parser.parse_args(argv)
+    interpreter = AudioInterpreter.from_hparams(args.source, device=args.device)
+    results = interpreter.interpret_files(args.files, args.top_k)
+    for path, result in zip(args.files, results):
+        name = os.path.basename(path)
+        folder = os.path.join(args.output_folder, name)
+        interpreter.save(result, folder, name)
+        top = ", ".join(f"{c} {p:.3f}" for c, p in result["top_classes"])
+        logger.info(f"{path}: {top} -> {folder}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main(sys.argv[1:])
