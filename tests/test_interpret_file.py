@@ -1,0 +1,138 @@
+"""interpret_file.py: one's own recordings, any format, rate, channels and
+length, through a trained PIQ run (and the errors a user can meet)."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import TINY_PIQ, classifier_args, run_script
+from interpret_file import AudioInterpreter
+
+# name -> (sample rate, channels, seconds, format)
+FILES = {
+    "stereo_44k.wav": (44100, 2, 3.0, "WAV"),
+    "mono_8k.flac": (8000, 1, 2.0, "FLAC"),
+    "short.wav": (16000, 1, 0.5, "WAV"),
+    "long.wav": (22050, 1, 12.0, "WAV"),
+}
+
+
+@pytest.fixture(scope="module")
+def piq_run(synthetic_data, trained_classifier, tmp_path_factory):
+    """A PIQ run trained for one epoch on the generated data."""
+    out = tmp_path_factory.mktemp("piq_run")
+    run_script(
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        *classifier_args(trained_classifier),
+        *TINY_PIQ,
+        "--number_of_epochs",
+        1,
+        "--save_interpretations",
+        False,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    """The files of ``FILES``: a tone in noise, so each has content."""
+    folder = tmp_path_factory.mktemp("recordings")
+    rng = np.random.default_rng(0)
+    for name, (rate, channels, seconds, fmt) in FILES.items():
+        t = np.arange(int(rate * seconds)) / rate
+        wav = 0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(
+            t.size
+        )
+        data = np.stack([wav] * channels, 1) if channels > 1 else wav
+        sf.write(folder / name, data, rate, format=fmt)
+    return folder
+
+
+def test_files_of_any_rate_channels_and_length(piq_run, recordings, tmp_path):
+    """The command on four files at once: per file an interpretation of the
+    file's own duration, a mask over all its frames, a figure, the top
+    classes (probabilities summing to at most 1, sorted)."""
+    out = tmp_path / "out"
+    run_script(
+        "interpret_file.py",
+        piq_run,
+        *[recordings / name for name in FILES],
+        "--output_folder",
+        out,
+        "--top_k",
+        2,
+    )
+    hop = 186  # STFT hop (samples at 16 kHz)
+    for name, (_, _, seconds, _) in FILES.items():
+        folder = out / name
+        wav, rate = sf.read(folder / "interpretation.wav")
+        assert rate == 16000 and wav.ndim == 1
+        assert len(wav) == round(16000 * seconds)
+        mask = np.load(folder / "mask.npy")
+        assert mask.dtype == np.float32
+        assert mask.shape == (round(16000 * seconds) // hop + 1, 513)
+        assert 0 <= mask.min() and mask.max() <= 1
+        # every frame is explained (the 12 s file by three 5 s windows)
+        assert (mask.max(axis=1) > 0).all(), name
+        assert (folder / "spectra.png").stat().st_size > 0
+        classes = json.loads((folder / "classes.json").read_text())
+        probs = [c["probability"] for c in classes["top_classes"]]
+        assert len(probs) == 2 and probs == sorted(probs, reverse=True)
+        assert sum(probs) <= 1 + 1e-6
+
+
+def test_long_file_mask_is_the_windows_mask_where_they_do_not_overlap(
+    piq_run,
+):
+    """In the first 2.5 s only the first window speaks: the file's mask
+    there equals that window's own mask."""
+    interpreter = AudioInterpreter.from_hparams(str(piq_run))
+    rng = np.random.default_rng(1)
+    wav = torch.from_numpy(rng.standard_normal(16000 * 12).astype("float32"))
+    (whole,) = interpreter.interpret_batch([wav])
+    (first,) = interpreter.interpret_batch([wav[:80000]])
+    frames = interpreter.window_hop // 186
+    np.testing.assert_allclose(
+        whole["mask"][:frames], first["mask"][:frames], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("problem", ["unreadable", "empty", "no_checkpoint"])
+def test_clear_errors(problem, piq_run, tmp_path):
+    """An unreadable file, an empty one, a folder with no trained
+    checkpoint: an error naming it."""
+    source, audio = piq_run, tmp_path / "clip.wav"
+    if problem == "unreadable":
+        audio.write_bytes(b"not audio at all")
+        expected = f"Cannot read audio file {audio}"
+    elif problem == "empty":
+        sf.write(audio, np.zeros(0), 16000)
+        expected = f"Audio file {audio} is empty"
+    else:
+        sf.write(audio, np.zeros(16000), 16000)
+        source = tmp_path / "run"
+        source.mkdir()
+        for name in ("hyperparams.yaml", "train_piq.py"):
+            (source / name).write_text((piq_run / name).read_text())
+        (source / "save").mkdir()
+        (source / "save" / "label_encoder.txt").write_text(
+            (piq_run / "save" / "label_encoder.txt").read_text()
+        )
+        expected = "holds no trained checkpoint"
+    proc = run_script(
+        "interpret_file.py",
+        source,
+        audio,
+        "--output_folder",
+        tmp_path / "out",
+        expect_ok=False,
+    )
+    assert expected in proc.stdout + proc.stderr
