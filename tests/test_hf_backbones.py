@@ -15,7 +15,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from conftest import N_CLASSES, ROOT, classifier_args, run_script
 from test_recipes import (
-    METRIC_RANGES,
+    METRIC_NAMES,
     check_interpretations,
     check_test_metrics,
 )
@@ -110,7 +110,9 @@ def test_method_on_hf_classifier(
         False,
     )
     assert "valid fidelity_in" in (out / "train_log.txt").read_text()
-    assert "label mapping from" in proc.stdout + proc.stderr
+    # the mapping written by train_classifier.py beside the checkpoint
+    beside = hf_classifiers[arch] / "label_encoder.txt"
+    assert f"label mapping: 3 classes ({beside})" in proc.stdout + proc.stderr
     first = check_test_metrics(out)
     assert not (out / "interpretations").exists()
 
@@ -120,7 +122,7 @@ def test_method_on_hf_classifier(
     assert "Going into epoch" not in proc.stdout + proc.stderr
     check_interpretations(out)
     again = check_test_metrics(out)
-    for name in METRIC_RANGES:
+    for name in METRIC_NAMES:
         assert again[name] == pytest.approx(first[name], abs=1e-5), name
     assert (out / "save" / "label_encoder.txt").read_text() == (
         hf_classifiers[arch] / "label_encoder.txt"
@@ -246,7 +248,6 @@ def test_amt_mask_keeps_the_quantile():
         q * (n - 1)
     )  # torch.quantile interpolates between order statistics
     assert mask.sum((1, 2)).tolist() == [expected, expected]
-    assert abs(expected / n - 0.1) < 1e-4
     assert torch.equal(mask.bool(), saliency >= n - expected)
     assert (
         threshold_mask(torch.ones(1, 4, 4), q).sum() == 16
