@@ -142,9 +142,9 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         loss = self.interpreter_loss(result, batch, stage)
         if stage != sb.Stage.TRAIN:
             labels = batch.label_encoded.data.to(self.device).squeeze(-1)
-            self.accumulate_metrics(result, labels, batch.id)
+            values = self.accumulate_metrics(result, labels, batch.id)
             if stage == sb.Stage.TEST and self.hparams.save_interpretations:
-                self.save_interpretations(result, batch, labels)
+                self.save_interpretations(result, batch, labels, values)
         return loss
 
     def method_metrics(self, result):
@@ -154,8 +154,8 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
 
     def accumulate_metrics(self, result, labels, ids):
         """Adds the batch's per-clip metrics (clips ``ids``) to the running
-        sums. The masked-in and masked-out inputs go through the classifier
-        in one batched pass."""
+        sums and returns them (name -> [B]). The masked-in and masked-out
+        inputs go through the classifier in one batched pass."""
         with torch.no_grad():
             M, X = result.mask.detach(), result.X.detach()
             _, io_logits = self.classify(torch.cat([M * X, (1 - M) * X]))
@@ -165,6 +165,7 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             values.update(self.method_metrics(result))
             for name, value in metrics.batch_sums(values, ids).items():
                 self.metric_sums[name] = self.metric_sums.get(name, 0) + value
+        return values
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the metric sums."""
@@ -212,12 +213,13 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             write_json(path, stats)
             logger.info(f"Test metrics written to {path}")
 
-    def save_interpretations(self, result, batch, labels):
+    def save_interpretations(self, result, batch, labels, values):
         """Writes, for every clip, ``interpretations/<clip id>/`` (or
         ``interpretations_<contamination>/``) with original.wav (the input as
         interpreted), interpretation.wav (ISTFT of expm1(M*X) with the
-        original phase), mask.npy (float32 [T, F]) and spectra.png; for
-        mixtures also target.wav and interferer.wav."""
+        original phase), mask.npy (float32 [T, F]), spectra.png and clip.json
+        (classes and per-clip metrics ``values``); for mixtures also
+        target.wav and interferer.wav."""
         import plotting  # matplotlib/librosa are imported only when needed
 
         hp = self.hparams
@@ -238,6 +240,7 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             result.mask,
             true_classes=[names[int(k)] for k in labels],
             predicted_classes=[names[int(k)] for k in result.class_pred],
+            clip_metrics=values,
             sample_rate=hp.sample_rate,
             hop_length=hp.compute_stft.hop_length,
         )

@@ -6,6 +6,7 @@ matplotlib or librosa.
 """
 
 import io
+import math
 import os
 
 import matplotlib
@@ -16,7 +17,7 @@ matplotlib.use("Agg")
 import librosa.display  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fileio import write_atomically  # noqa: E402
+from fileio import write_atomically, write_json  # noqa: E402
 
 
 def save_clip(
@@ -68,7 +69,15 @@ def save_clip(
 
 
 def save_batch(
-    folder, ids, audios, X, mask, true_classes, predicted_classes, **kwargs
+    folder,
+    ids,
+    audios,
+    X,
+    mask,
+    true_classes,
+    predicted_classes,
+    clip_metrics=None,
+    **kwargs,
 ):
     """``save_clip`` for every clip of a batch, into ``<folder>/<clip id>``.
 
@@ -84,6 +93,9 @@ def save_batch(
         [B, T, F] log1p magnitude and mask.
     true_classes, predicted_classes : list of str
         B class names each.
+    clip_metrics : dict, optional
+        name -> [B] per-clip metrics; with them each folder gets clip.json
+        (id, classes, metrics; NaN written as null).
     **kwargs
         ``sample_rate`` and ``hop_length`` for ``save_clip``.
     """
@@ -91,6 +103,21 @@ def save_batch(
     X = X.detach().float().cpu().numpy()
     mask = mask.detach().float().cpu().numpy().astype(np.float32)
     for i, clip_id in enumerate(ids):
+        if clip_metrics is not None:
+            os.makedirs(os.path.join(folder, clip_id), exist_ok=True)
+            values = {
+                name: float(v[i]) if math.isfinite(float(v[i])) else None
+                for name, v in clip_metrics.items()
+            }
+            write_json(
+                os.path.join(folder, clip_id, "clip.json"),
+                {
+                    "id": clip_id,
+                    "true_class": true_classes[i],
+                    "predicted_class": predicted_classes[i],
+                    "metrics": values,
+                },
+            )
         save_clip(
             os.path.join(folder, clip_id),
             audios={name: a[i] for name, a in audios.items()},

@@ -65,12 +65,14 @@ def check_test_metrics(folder, n_clips=N_TEST_CLIPS, name="test_metrics.json"):
 def check_interpretations(
     folder, n_clips=N_TEST_CLIPS, subfolder="interpretations", extra=()
 ):
-    """Every test clip has its four files (and ``extra`` ones); masks are
-    float32 [431, 513] in [0, 1]; every wav is 5 s at 16 kHz and finite."""
+    """Every test clip has its five files (and ``extra`` ones); clip.json
+    names the clip and holds every metric; masks are float32 [431, 513] in
+    [0, 1]; every wav is 5 s at 16 kHz and finite."""
     clips = sorted(os.listdir(os.path.join(folder, subfolder)))
     assert len(clips) == n_clips
     expected = sorted(
         [
+            "clip.json",
             "interpretation.wav",
             "mask.npy",
             "original.wav",
@@ -81,6 +83,10 @@ def check_interpretations(
     for clip in clips:
         clip_folder = os.path.join(folder, subfolder, clip)
         assert sorted(os.listdir(clip_folder)) == expected
+        with open(os.path.join(clip_folder, "clip.json")) as f:
+            record = json.load(f)  # what the listening gallery shows
+        assert record["id"] == clip and record["true_class"]
+        assert set(METRIC_NAMES) <= set(record["metrics"])
         mask = np.load(os.path.join(clip_folder, "mask.npy"))
         assert mask.dtype == np.float32 and mask.shape == (431, 513)
         assert mask.min() >= 0 and mask.max() <= 1
