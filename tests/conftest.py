@@ -86,6 +86,22 @@ def trained_classifier(synthetic_data, tmp_path_factory):
     return out
 
 
+def run_piq(data, out, *args, **kwargs):
+    """``train_piq.py hparams/piq.yaml`` on ``data`` into ``out``, tiny
+    sizes, then ``args`` (``run_script``'s keywords pass through)."""
+    return run_script(
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        data,
+        "--output_folder",
+        out,
+        *TINY_PIQ,
+        *args,
+        **kwargs,
+    )
+
+
 def classifier_args(folder):
     """Command-line overrides pointing an interpreter at a trained classifier."""
     return [

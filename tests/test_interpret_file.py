@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import TINY_PIQ, classifier_args, run_script
+from conftest import classifier_args, run_piq, run_script
 from interpret_file import AudioInterpreter
 
 # name -> (sample rate, channels, seconds, format)
@@ -24,15 +24,10 @@ FILES = {
 def piq_run(synthetic_data, trained_classifier, tmp_path_factory):
     """A PIQ run trained for one epoch on the generated data."""
     out = tmp_path_factory.mktemp("piq_run")
-    run_script(
-        "train_piq.py",
-        "hparams/piq.yaml",
-        "--data_folder",
+    run_piq(
         synthetic_data,
-        "--output_folder",
         out,
         *classifier_args(trained_classifier),
-        *TINY_PIQ,
         "--number_of_epochs",
         1,
         "--save_interpretations",

@@ -20,6 +20,7 @@ from conftest import (
     TINY_PIQ,
     classifier_args,
     replace_arg,
+    run_piq,
     run_script,
 )
 
@@ -226,15 +227,10 @@ def test_bf16_and_channels_last_off(
     synthetic_data, trained_classifier, tmp_path
 ):
     """SpeechBrain's bf16 autocast goes through the whole step, metrics included."""
-    run_script(
-        "train_piq.py",
-        "hparams/piq.yaml",
-        "--data_folder",
+    run_piq(
         synthetic_data,
-        "--output_folder",
         tmp_path,
         *classifier_args(trained_classifier),
-        *TINY_PIQ,
         "--number_of_epochs",
         1,
         "--precision",
@@ -248,15 +244,10 @@ def test_bf16_and_channels_last_off(
     check_interpretations(tmp_path)
     # the same checkpoint evaluated in fp32: the metrics agree within bf16's resolution
     # (AI may flip one of the 4 clips when p_in_c and p_c are within rounding)
-    run_script(
-        "train_piq.py",
-        "hparams/piq.yaml",
-        "--data_folder",
+    run_piq(
         synthetic_data,
-        "--output_folder",
         tmp_path,
         *classifier_args(trained_classifier),
-        *TINY_PIQ,
         "--number_of_epochs",
         1,
         "--test_only",
@@ -347,14 +338,9 @@ def test_hub_code_path_from_local_cache(
     )
     out = tmp_path / "run"
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    proc = run_script(
-        "train_piq.py",
-        "hparams/piq.yaml",
-        "--data_folder",
+    proc = run_piq(
         synthetic_data,
-        "--output_folder",
         out,
-        *TINY_PIQ,
         "--number_of_epochs",
         1,
         "--save_interpretations",

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 import synthetic_esc50
-from conftest import TINY_PIQ, classifier_args, run_script
+from conftest import TINY_PIQ, classifier_args, run_piq, run_script
 from esc50_prepare import prepare_esc50
 from http_fixtures import serve_archives
 from wham_prepare import prepare_wham
@@ -109,14 +109,9 @@ def test_bad_input_is_named(case, synthetic_data, trained_classifier, tmp_path):
         args[args.index(key) + 1] = bad[1]
         bad = []
     out = tmp_path / "run"
-    proc = run_script(
-        "train_piq.py",
-        "hparams/piq.yaml",
-        "--data_folder",
+    proc = run_piq(
         synthetic_data,
-        "--output_folder",
         out,
-        *TINY_PIQ,
         *args,
         *bad,
         env=env,
