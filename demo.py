@@ -9,7 +9,9 @@ Run (README command 1 sets up the venv first):
 2. trains the conv2d classifier on it (train_classifier.py);
 3. trains PIQ on that frozen classifier (train_piq.py);
 4. evaluates the best PIQ checkpoint with --test_only, saving interpretations;
-5. reports the test metrics and how much of each mask lies on the evidence.
+5. reports the test metrics and how much of each mask lies on the evidence;
+6. writes the listening gallery of the PIQ run (make_gallery.py) to
+   <output_folder>/gallery/index.html.
 
 Architectures are shrunk (emb_dim 32, K 128) and PIQ is trained with batches of
 2, lr 0.001 and rec_loss_coef 10 so that it converges in 10 epochs on 2 CPU cores;
@@ -21,6 +23,7 @@ import glob
 import json
 import logging
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -40,7 +43,7 @@ def run(*command):
 
 
 def main():
-    """Generate, train the classifier, train PIQ, test, report."""
+    """Generate, train the classifier, train PIQ, test, report, gallery."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--output_folder", default=os.path.join(ROOT, "results", "demo")
@@ -150,6 +153,12 @@ def main():
         100 * report["evidence_area_share"],
         report["interpretations"],
         os.path.join(out, "demo_report.json"),
+    )
+    gallery = os.path.join(out, "gallery")
+    run("make_gallery.py", piq, "--output", gallery, "--names", "PIQ")
+    logger.info(
+        "Listening gallery (open in a browser): %s",
+        pathlib.Path(gallery, "index.html").as_uri(),
     )
 
 

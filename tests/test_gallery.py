@@ -8,6 +8,7 @@ is never called. A browser that cannot start fails the tests, never skips.
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -52,25 +53,32 @@ def browser(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium_profile")
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver, error = None, None
     try:
         driver = webdriver.Chrome(
             options=options, service=Service(executable_path=CHROMEDRIVER)
         )
-    except Exception as e:
-        message = str(e).split("Stacktrace")[0].strip()
-        pytest.fail(f"{CHROMIUM} could not start headless: {message}", False)
+    except Exception as e:  # failed outside the handler: no chained trace
+        error = str(e).split("Stacktrace")[0].strip()
+    if error:
+        pytest.fail(f"{CHROMIUM} could not start headless: {error}", False)
     yield driver
     driver.quit()
 
 
-def check_page(driver, index, screenshot, names):
+def check_page(driver, index, screenshot, names, load_audio=False):
     """Opens ``index`` and checks: no console error, every audio playable
-    with a finite non-zero duration, every image decoded, one metric column
-    per run; saves a full-page screenshot. Returns the page's text."""
+    with a finite non-zero duration (after asking each to load if
+    ``load_audio``), every image decoded, one metric column per run; saves a
+    full-page screenshot. Returns the page's text."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get_log("browser")  # drop what earlier pages logged
-    driver.get(f"file://{index}")
+    driver.get(pathlib.Path(index).as_uri())
+    if load_audio:  # what pressing play does to a preload="none" player
+        driver.execute_script(
+            "document.querySelectorAll('audio').forEach(a => a.load())"
+        )
     WebDriverWait(driver, 30).until(
         lambda d: all(
             a["ready"] >= 2 or a["error"]
@@ -92,7 +100,7 @@ def check_page(driver, index, screenshot, names):
     height = driver.execute_script(
         "return document.documentElement.scrollHeight"
     )
-    driver.set_window_size(1600, min(height + 100, 8000))
+    driver.set_window_size(1600, min(height + 300, 8000))
     assert driver.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 0
     return driver.find_element("tag name", "body").text
@@ -182,3 +190,39 @@ def test_gallery_of_a_piq_run(
         browser, index, tmp_path / "piq.png", [f"{tmp_path.name}/piq"]
     )
     assert "true: tone_" in text  # from clip.json, else the test manifest
+    if any(run.glob("interpretations/*/clip.json")):
+        assert "no per-clip metrics" not in text
+
+
+def test_gallery_copies_when_links_fail(monkeypatch, tmp_path):
+    """Across file systems (no hard link) the media are copied; a gallery
+    written twice into one folder stays whole."""
+    run = fake_run(tmp_path / "piq" / "1", ["a1"], True, 1)
+
+    def no_link(src, dst):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    for _ in range(2):
+        make_gallery.build_gallery([run], str(tmp_path / "gallery"))
+    original = run / "interpretations" / "a1" / "original.wav"
+    copied = tmp_path / "gallery" / "media" / "a1" / "original.wav"
+    assert not os.path.samefile(original, copied)
+    assert copied.read_bytes() == original.read_bytes()
+    leftovers = [
+        p for p in (tmp_path / "gallery").rglob("*") if ".tmp" in p.name
+    ]
+    assert not leftovers
+
+
+def test_large_gallery_loads_audio_when_played(browser, monkeypatch, tmp_path):
+    """Past MAX_PRELOADED audio elements no player is created until asked
+    (Chromium refuses more than 1000 per page); then each plays."""
+    run = fake_run(tmp_path / "piq" / "1", ["a1", "b2"], True, 1)
+    monkeypatch.setattr(make_gallery, "MAX_PRELOADED", 3)
+    index = make_gallery.build_gallery([run], str(tmp_path / "gallery"))
+    assert 'preload="metadata"' not in pathlib.Path(index).read_text()
+    browser.get(pathlib.Path(index).as_uri())
+    state = browser.execute_script(MEDIA_STATE)["audio"]
+    assert [a["ready"] for a in state] == [0] * 4
+    check_page(browser, index, tmp_path / "large.png", ["piq/1"], True)
