@@ -102,6 +102,26 @@ def run_piq(data, out, *args, **kwargs):
     )
 
 
+def run_nmf(data, out, *args, **kwargs):
+    """``train_nmf.py hparams/nmf.yaml`` on ``data`` into ``out``, small
+    batches on the CPU, then ``args``."""
+    return run_script(
+        "train_nmf.py",
+        "hparams/nmf.yaml",
+        "--data_folder",
+        data,
+        "--output_folder",
+        out,
+        "--batch_size",
+        4,
+        "--device",
+        "cpu",
+        "--noprogressbar",
+        *args,
+        **kwargs,
+    )
+
+
 def classifier_args(folder):
     """Command-line overrides pointing an interpreter at a trained classifier."""
     return [
@@ -123,21 +143,7 @@ def replace_arg(args, key, value):
 def trained_nmf(synthetic_data, tmp_path_factory):
     """An NMF dictionary trained by train_nmf.py; returns its output folder."""
     out = tmp_path_factory.mktemp("nmf")
-    run_script(
-        "train_nmf.py",
-        "hparams/nmf.yaml",
-        "--data_folder",
-        synthetic_data,
-        "--output_folder",
-        out,
-        "--number_of_epochs",
-        1,
-        "--batch_size",
-        4,
-        "--device",
-        "cpu",
-        "--noprogressbar",
-    )
+    run_nmf(synthetic_data, out, "--number_of_epochs", 1)
     return out
 
 

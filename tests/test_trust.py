@@ -33,6 +33,7 @@ from conftest import (
     TINY,
     TINY_PIQ,
     classifier_args,
+    run_nmf,
     run_script,
 )
 from experiment import (
@@ -541,22 +542,7 @@ def test_nmf_test_only_retests_without_training(
     train_log = (out / "train_log.txt").read_text()
     checkpoints = sorted(os.listdir(out / "save"))
     (out / "test_metrics.json").unlink()
-    proc = run_script(
-        "train_nmf.py",
-        "hparams/nmf.yaml",
-        "--data_folder",
-        synthetic_data,
-        "--output_folder",
-        out,
-        "--number_of_epochs",
-        2,
-        "--batch_size",
-        4,
-        "--device",
-        "cpu",
-        "--noprogressbar",
-        "--test_only",
-    )
+    proc = run_nmf(synthetic_data, out, "--number_of_epochs", 2, "--test_only")
     after = json.loads((out / "test_metrics.json").read_text())
     assert after["reconstruction_error"] == pytest.approx(
         before["reconstruction_error"], rel=1e-6
