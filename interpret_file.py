@@ -103,7 +103,9 @@ class AudioInterpreter:
         # the run's paths, moved to where the folder is now
         old = re.search(r"^output_folder: *(\S+)", text, re.M).group(1)
         text = text.replace(old, os.path.abspath(folder))
-        hparams = load_hyperpyyaml(text)
+        # one's own recordings are interpreted as they are: no noise added
+        clean = {"add_wham_noise": False, "eval_contamination": "none"}
+        hparams = load_hyperpyyaml(text, clean)
         module, name = METHODS[script[0]]
         brain_class = getattr(importlib.import_module(module), name)
         if hparams["use_pretrained"]:

@@ -131,3 +131,51 @@ def test_clear_errors(problem, piq_run, tmp_path):
         expect_ok=False,
     )
     assert expected in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def amt_run(synthetic_data, tmp_path_factory):
+    """An AMT run (nothing trained) on an untrained tiny ViT classifier."""
+    from test_hf_backbones import QUICK, TINY_ARCH
+
+    out = tmp_path_factory.mktemp("amt_run")
+    run_script(
+        "interpret_amt.py",
+        "hparams/amt_vit.yaml",
+        "--data_folder",
+        synthetic_data,
+        "--output_folder",
+        out,
+        "--use_pretrained",
+        False,
+        "--test_only",
+        "--save_interpretations",
+        False,
+        *QUICK,
+        *TINY_ARCH["vit"],
+    )
+    return out
+
+
+@pytest.mark.parametrize("method", ["l2i", "amt"])
+def test_every_method_interprets_a_file(method, request, recordings, tmp_path):
+    """L2I (a run trained with add_wham_noise) and AMT (nothing trained)
+    run folders work like PIQ's."""
+    run = (
+        request.getfixturevalue("trained_l2i")[0]
+        if method == "l2i"
+        else request.getfixturevalue("amt_run")
+    )
+    out = tmp_path / "out"
+    run_script(
+        "interpret_file.py",
+        run,
+        recordings / "long.wav",
+        "--output_folder",
+        out,
+    )
+    mask = np.load(out / "long.wav" / "mask.npy")
+    assert mask.shape == (round(16000 * 12.0) // 186 + 1, 513)
+    assert (mask.max(axis=1) > 0).any() and 0 <= mask.min() <= mask.max() <= 1
+    wav, rate = sf.read(out / "long.wav" / "interpretation.wav")
+    assert rate == 16000 and len(wav) == 16000 * 12
