@@ -11,6 +11,7 @@ Authors: the ESC-50 interpretability recipe developers.
 """
 
 import atexit
+import dataclasses
 import gc
 import os
 import shutil
@@ -24,10 +25,13 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
 
 from contamination import interferer_pipeline
 from esc50_prepare import prepare_esc50
 from pretrained import load_classifier
+
+logger = get_logger(__name__)
 
 
 class _PlainConstructor(SafeConstructor):
@@ -91,6 +95,35 @@ def _close_process_group():
     torch.distributed.destroy_process_group()
 
 
+def native_bf16():
+    """Whether this CPU computes bf16 natively (oneDNN's own check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def fit_precision(run_opts, hparams):
+    """The run options to use: ``--precision`` / ``--eval_precision`` bf16
+    on a CPU without native bf16 become fp32, with a warning (oneDNN then
+    emulates bf16, many times slower than fp32), unless the YAML's
+    ``force_precision`` is True."""
+    device = run_opts.device or sb.utils.distributed.infer_device()
+    if not device.startswith("cpu") or hparams.get("force_precision"):
+        return run_opts
+    fields = ("precision", "eval_precision")
+    asked = [f for f in fields if getattr(run_opts, f) == "bf16"]
+    if not asked or native_bf16():
+        return run_opts
+    logger.warning(
+        f"--{' and --'.join(asked)} bf16 asked, but this CPU has no native "
+        f"bf16 (torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        "; oneDNN would emulate it, many times slower than fp32): running "
+        "fp32. Set --force_precision True to run bf16 anyway."
+    )
+    return dataclasses.replace(run_opts, **{f: "fp32" for f in asked})
+
+
 def setup_experiment(argv):
     """Parses the command line, loads the YAML with its overrides, starts DDP
     if launched by torchrun and creates the output folder (with
@@ -104,6 +137,7 @@ def setup_experiment(argv):
     check_overrides(hparams_file, overrides)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    run_opts = fit_precision(run_opts, hparams)
     sb.utils.distributed.ddp_init_group(run_opts)
     if torch.distributed.is_initialized():
         atexit.register(_close_process_group)

@@ -240,6 +240,8 @@ def test_bf16_and_channels_last_off(
         "bf16",
         "--eval_precision",
         "bf16",
+        "--force_precision",  # bf16 even where the CPU emulates it
+        True,
         "--channels_last",
         False,
     )
@@ -392,3 +394,29 @@ def test_cnn14_classifier_then_l2i(synthetic_data, tmp_path):
         hparams = load_hyperpyyaml(f, overrides)
     for name in ("embedding_model", "classifier"):
         strict_load(hparams[name], tmp_path / "cls" / f"{name}.ckpt")
+
+
+@pytest.mark.parametrize(
+    "native,force,expected",
+    [(False, False, "fp32"), (False, True, "bf16"), (True, False, "bf16")],
+)
+def test_bf16_on_a_cpu_without_native_bf16(
+    native, force, expected, monkeypatch, caplog
+):
+    """--precision bf16 on a CPU whose oneDNN reports no native bf16: a
+    warning naming the capability and fp32, unless force_precision."""
+    import speechbrain as sb
+    import torch
+
+    import experiment
+
+    monkeypatch.setattr(
+        torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native
+    )
+    argv = ["hparams/piq.yaml", "--device", "cpu", "--precision", "bf16"]
+    _, run_opts, _ = sb.parse_arguments(argv + ["--eval_precision", "bf16"])
+    with caplog.at_level("WARNING"):
+        used = experiment.fit_precision(run_opts, {"force_precision": force})
+    assert used.precision == used.eval_precision == expected
+    warned = "this CPU has no native bf16 (torch CPU capability" in caplog.text
+    assert warned == (expected == "fp32")
