@@ -227,38 +227,17 @@ class AudioInterpreter:
     def save(self, result, folder, name):
         """Writes ``result`` (one item of ``interpret_batch``) to
         ``folder``: interpretation.wav, mask.npy, spectra.png, classes.json."""
-        import numpy as np
-        import soundfile as sf
+        import plotting  # matplotlib/librosa only when something is saved
 
-        import plotting
-        from fileio import write_atomically
-
-        os.makedirs(folder, exist_ok=True)
-        write_atomically(
-            f"{folder}/interpretation.wav",
-            lambda f: sf.write(
-                f,
-                result["interpretation"].numpy(),
-                self.sample_rate,
-                format="WAV",
-                subtype="FLOAT",
-            ),
-            mode="wb",
-        )
-        write_atomically(
-            f"{folder}/mask.npy",
-            lambda f: np.save(f, result["mask"]),
-            mode="wb",
-        )
-        top_class = result["top_classes"][0][0]
-        plotting.plot_interpretation(
-            f"{folder}/spectra.png",
-            result["X"],
-            result["mask"],
-            "unknown",
-            top_class,
-            self.sample_rate,
-            self.hparams.compute_stft.hop_length,
+        plotting.save_clip(
+            folder,
+            audios={"interpretation.wav": result["interpretation"]},
+            X=result["X"],
+            mask=result["mask"],
+            true_class="unknown",
+            predicted_class=result["top_classes"][0][0],
+            sample_rate=self.sample_rate,
+            hop_length=self.hparams.compute_stft.hop_length,
         )
         write_json(
             f"{folder}/classes.json",

@@ -48,10 +48,7 @@ def machine_info():
     """CPU model and capability, native bf16 on CPU, threads, GPU, versions."""
     with open("/proc/cpuinfo") as f:  # Linux only, as VmHWM
         cpu = [x.split(":")[1].strip() for x in f if "model name" in x] + ["?"]
-    try:
-        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # private API
-    except Exception:
-        bf16 = "?"
+    bf16 = experiment.native_bf16()
     gpu = torch.cuda.is_available() and torch.cuda.get_device_name(0)
     return (
         f"machine: {cpu[0]}; CPU capability {torch.backends.cpu.get_cpu_capability()}, "
