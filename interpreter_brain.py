@@ -1,8 +1,8 @@
 """What every interpretation method of the recipe shares.
 
-* ``Interpretation``: the one typed result that every method's
-  ``interpret`` returns, so metrics, plots and saved files never unpack
-  method-specific tuples.
+* ``Interpretation`` (``interpretation.py``, imported from here): the one
+  typed result that every method's ``interpret`` returns, so metrics, plots
+  and saved files never unpack method-specific tuples.
 * ``InterpreterBrain``: a ``speechbrain.Brain`` running the front end
   (``front_end.py``) and the frozen classifier (``pretrained.py``) once per
   batch, accumulating the metrics (``metrics.py``) over validation and test,
@@ -16,8 +16,6 @@ Authors: the ESC-50 interpretability recipe developers.
 """
 
 import os
-from dataclasses import dataclass, field
-from typing import Optional
 
 import speechbrain as sb
 import torch
@@ -30,51 +28,11 @@ from contamination import InputContamination
 from distributed import ShardedEvaluation, sum_over_processes, world_size
 from fileio import write_json
 from front_end import interpretation_wavs, log_spectrogram
+from interpretation import Interpretation
+from synthetic_esc50 import evidence_records, read_evidence
 
+__all__ = ["Interpretation", "InterpreterBrain"]
 logger = get_logger(__name__)
-
-
-@dataclass
-class Interpretation:
-    """What an interpreter returns for a batch of B clips (T frames, F bins).
-
-    Attributes
-    ----------
-    X : torch.Tensor
-        [B, T, F] log1p STFT magnitude of the input.
-    stft : torch.Tensor
-        [B, T, F, 2] complex STFT (real, imaginary) of the input: its phase
-        makes the interpretation listenable.
-    logits : torch.Tensor
-        [B, C] frozen classifier output on X (no gradient).
-    mask : torch.Tensor or None
-        [B, T, F] interpretation mask M in [0, 1]; the interpretation is M * X.
-        A method whose training loss does not use the mask may leave it None
-        in the training stage; it is always set in validation and test.
-    aux : dict
-        Method-specific tensors the method's loss needs (e.g. PIQ's mask
-        logits and quantised codes); empty when there are none.
-    wav : torch.Tensor or None
-        [B, N] the waveforms as interpreted (after any contamination); set by
-        the brain, not by the method.
-    """
-
-    X: torch.Tensor
-    stft: torch.Tensor
-    logits: torch.Tensor
-    mask: Optional[torch.Tensor]
-    aux: dict = field(default_factory=dict)
-    wav: Optional[torch.Tensor] = None
-
-    @property
-    def class_pred(self):
-        """[B] class predicted by the frozen classifier on X."""
-        return self.logits.argmax(1)
-
-    @property
-    def X_int(self):
-        """[B, T, F] the interpretation M * X."""
-        return self.mask * self.X
 
 
 class InterpreterBrain(ShardedEvaluation, sb.Brain):
@@ -109,6 +67,8 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         self.modules.to(memory_format=layout)
         self.input_wavs = InputContamination(self.hparams)
         self.contamination = self.input_wavs.mode
+        # ground truth of generated data: localisation is then reported too
+        self.evidence = read_evidence(self.hparams.data_folder)
 
     def classify(self, X):
         """X [B, T, F] -> (hidden representation, logits [B, C]) of the frozen
@@ -163,9 +123,24 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             p_in, p_out = F.softmax(io_logits.float(), dim=1).chunk(2)
             values = metrics.per_clip_metrics(p, p_in, p_out, M.float(), labels)
             values.update(self.method_metrics(result))
+            if self.evidence is not None:
+                values.update(self.localisation(M, ids))
             for name, value in metrics.batch_sums(values, ids).items():
                 self.metric_sums[name] = self.metric_sums.get(name, 0) + value
         return values
+
+    def localisation(self, M, ids):
+        """``metrics.localisation_metrics`` of the masks M [B, T, F] of the
+        clips ``ids`` against their planted-evidence boxes."""
+        stft = self.hparams.compute_stft
+        box = metrics.evidence_boxes(
+            evidence_records(self.evidence, ids, self.hparams.data_folder),
+            M.shape[1:],
+            stft.sample_rate,
+            stft.hop_length,
+            stft.n_fft,
+        )
+        return metrics.localisation_metrics(M.float(), box)
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the metric sums."""

@@ -13,6 +13,11 @@ probabilities are read at ``c``. Softmax is applied once, by the caller.
 Direction of each metric (``HIGHER_IS_BETTER``): accuracy, fidelity_in,
 faithfulness, AI, AG and SPS are better when higher; AD and COMP when lower.
 
+Localisation (``localisation_metrics``), only where the data has a ground
+truth: the box [B, T, F] of the bins that hold the planted class evidence
+(``evidence_boxes``, from ``meta/evidence.json`` of ``synthetic_esc50.py``).
+evidence_mass, evidence_mass_ratio and pointing_game are better when higher.
+
 Example
 -------
 >>> import torch
@@ -35,6 +40,9 @@ HIGHER_IS_BETTER = {
     "AG": True,
     "SPS": True,
     "COMP": False,
+    "evidence_mass": True,
+    "evidence_mass_ratio": True,
+    "pointing_game": True,
 }
 
 
@@ -125,7 +133,8 @@ def per_clip_metrics(p, p_in, p_out, mask, labels):
     Returns
     -------
     dict
-        name -> [B] tensor; SPS and COMP hold NaN for all-zero masks.
+        name -> [B] tensor; SPS and COMP hold NaN for all-zero masks
+        (``UNDEFINED_FOR_EMPTY_MASK``).
     """
     c = p.argmax(1)
     return {
@@ -140,8 +149,88 @@ def per_clip_metrics(p, p_in, p_out, mask, labels):
     }
 
 
+def evidence_boxes(records, shape, sample_rate, hop_length, n_fft):
+    """Where the planted evidence of each clip lies on the spectrogram.
+
+    Frame t is at t * hop_length / sample_rate s, bin f at f * sample_rate /
+    n_fft Hz; a bin is in the box when both lie in the record's closed
+    [start_s, end_s] x [low_hz, high_hz].
+
+    Arguments
+    ---------
+    records : list of dict
+        B records with ``start_s``, ``end_s``, ``low_hz``, ``high_hz``.
+    shape : tuple
+        (T, F) of the spectrogram.
+    sample_rate, hop_length, n_fft : int
+        Hz, samples, samples of the STFT.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, T, F] bool.
+    """
+    t = torch.arange(shape[0], dtype=torch.float64) * hop_length / sample_rate
+    f = torch.arange(shape[1], dtype=torch.float64) * sample_rate / n_fft
+    boxes = [
+        ((t >= r["start_s"]) & (t <= r["end_s"]))[:, None]
+        & ((f >= r["low_hz"]) & (f <= r["high_hz"]))[None, :]
+        for r in records
+    ]
+    return torch.stack(boxes)
+
+
+def localisation_metrics(mask, box):
+    """How much of each mask lies on the ground-truth evidence.
+
+    With m = |M| and A = mean(box) (the box's share of the T x F bins):
+    * ``evidence_mass`` = sum(m * box) / sum(m), in [0, 1];
+    * ``evidence_mass_ratio`` = evidence_mass / A: 1.0 for a uniform mask,
+      1 / A for a mask exactly on the box, 0 for one entirely outside;
+    * ``pointing_game`` = share of the bins where m reaches its maximum that
+      lie in the box: 1 or 0 when the maximum is unique (the pointing game's
+      hit), and fair to ties (a uniform mask scores A);
+    * ``evidence_area`` = A (no direction: what the ratio is relative to).
+    All are better when higher but the area. A clip whose mask is all zero
+    points nowhere: NaN there, left out of the mean like SPS/COMP.
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        [B, T, F] mask M in [0, 1].
+    box : torch.Tensor
+        [B, T, F] bool, ``evidence_boxes``; each box must be non-empty.
+
+    Returns
+    -------
+    dict
+        name -> [B] float64 tensor.
+    """
+    m = mask.detach().abs().flatten(1).double()
+    inside = box.flatten(1).to(m.device)
+    total = m.sum(1)
+    area = inside.double().mean(1)
+    mass = (m * inside).sum(1) / total
+    peaks = m == m.amax(1, keepdim=True)
+    hit = (peaks & inside).sum(1).double() / peaks.sum(1)
+    empty = total == 0
+    nan = torch.full_like(mass, float("nan"))
+    return {
+        "evidence_mass": torch.where(empty, nan, mass),
+        "evidence_mass_ratio": torch.where(empty, nan, mass / area),
+        "pointing_game": torch.where(empty, nan, hit),
+        "evidence_area": area,
+    }
+
+
 # Undefined for an all-zero mask: such a clip is left out of their mean.
-UNDEFINED_FOR_EMPTY_MASK = ("SPS", "COMP")
+UNDEFINED_FOR_EMPTY_MASK = (
+    "SPS",
+    "COMP",
+    "evidence_mass",
+    "evidence_mass_ratio",
+    "pointing_game",
+)
 
 
 def batch_sums(values, ids):
@@ -158,15 +247,16 @@ def batch_sums(values, ids):
     Returns
     -------
     dict
-        name -> 0-dim float64 tensor: the sum over the clips, SPS and COMP
-        over the clips whose mask is not all zero; plus ``n_clips`` and
+        name -> 0-dim float64 tensor: the sum over the clips, those of
+        ``UNDEFINED_FOR_EMPTY_MASK`` over the clips whose mask is not all zero; plus ``n_clips`` and
         ``n_defined_masks``.
 
     Raises
     ------
     ValueError
-        Any figure but SPS/COMP is NaN or infinite for some clip: a mean
-        that silently skipped it would be wrong.
+        Any figure but those of ``UNDEFINED_FOR_EMPTY_MASK`` is NaN or
+        infinite for some clip: a mean that silently skipped it would be
+        wrong.
     """
     sums = {"n_clips": torch.tensor(float(len(ids)), dtype=torch.float64)}
     for name, value in values.items():
@@ -202,15 +292,17 @@ def means_from_sums(sums):
     -------
     dict
         ``n_clips``, ``n_empty_masks``, then each figure's mean: the metrics
-        of ``HIGHER_IS_BETTER`` first, the others after, by name. SPS and COMP
-        are averaged over the clips with a defined value (None if there are
-        none); every other figure over all clips (None if there are none).
+        of ``HIGHER_IS_BETTER`` first, the others after, by name. Those of
+        ``UNDEFINED_FOR_EMPTY_MASK`` are averaged over the clips with a
+        defined value (None if there are none); every other figure over all
+        clips (None if there are none).
     """
     sums = dict(sums)
     n_clips, n_defined = sums.pop("n_clips"), sums.pop("n_defined_masks")
     stats = {"n_clips": int(n_clips), "n_empty_masks": int(n_clips - n_defined)}
     others = sorted(set(sums) - set(HIGHER_IS_BETTER))
     for name in [n for n in HIGHER_IS_BETTER if n in sums] + others:
-        denominator = n_defined if name in ("SPS", "COMP") else n_clips
+        undefined = name in UNDEFINED_FOR_EMPTY_MASK
+        denominator = n_defined if undefined else n_clips
         stats[name] = sums[name] / denominator if denominator else None
     return stats

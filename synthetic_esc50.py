@@ -5,8 +5,8 @@ Each clip is 5 s of quiet white noise at 44.1 kHz (16-bit PCM, like ESC-50)
 with one burst of class evidence: two tones at ``f_k`` and ``f_k + 200`` Hz,
 ``f_k`` depending on the class, lasting ``evidence_s`` seconds from a random
 onset. Where the evidence is (start/end in s, low/high in Hz) is recorded per
-clip in ``meta/evidence.json``, so tests and the demo can check that an
-interpretation puts its mass there (``evidence_mass``).
+clip in ``meta/evidence.json``; every interpreter's test run then reports how
+much of its masks lies there (``metrics.localisation_metrics``).
 
 Run:
     python synthetic_esc50.py /tmp/synthetic_esc50 --n_classes 4 --clips_per_fold 8
@@ -124,30 +124,40 @@ def generate(
     return evidence
 
 
-def evidence_mass(
-    mask, evidence, sample_rate=16000, hop_length=186, n_fft=1024
-):
-    """Share of a mask's mass inside the planted evidence box, and the share
-    of the spectrogram the box covers (what a uniform mask would score).
+def read_evidence(data_folder):
+    """The planted-evidence record of a data folder, by clip id.
 
     Arguments
     ---------
-    mask : numpy.ndarray
-        [T, F] mask of one clip.
-    evidence : dict
-        The clip's entry of ``meta/evidence.json``.
+    data_folder : str
+        An ESC-50-layout folder.
 
     Returns
     -------
-    (float, float)
-        (mass inside the box / total mass, box area / spectrogram area).
+    dict or None
+        clip id (file name without extension) -> its entry of
+        ``meta/evidence.json``; None when the folder has no such record (real
+        ESC-50), so that localisation is not reported at all.
     """
-    frames = np.arange(mask.shape[0]) * hop_length / sample_rate
-    freqs = np.arange(mask.shape[1]) * sample_rate / n_fft
-    in_time = (frames >= evidence["start_s"]) & (frames <= evidence["end_s"])
-    in_freq = (freqs >= evidence["low_hz"]) & (freqs <= evidence["high_hz"])
-    box = np.outer(in_time, in_freq)
-    return float((mask * box).sum() / max(mask.sum(), 1e-12)), float(box.mean())
+    path = os.path.join(data_folder, "meta", "evidence.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        evidence = json.load(f)
+    return {os.path.splitext(name)[0]: box for name, box in evidence.items()}
+
+
+def evidence_records(evidence, ids, data_folder):
+    """The records of the clips ``ids`` in ``evidence`` (``read_evidence`` of
+    ``data_folder``), in order; KeyError naming the clips that have none."""
+    missing = [i for i in ids if i not in evidence]
+    if missing:
+        raise KeyError(
+            f"Clips {missing} have no entry in {data_folder}/meta/"
+            "evidence.json: regenerate the data with synthetic_esc50.py, or "
+            "remove that file to run without the localisation metrics."
+        )
+    return [evidence[i] for i in ids]
 
 
 if __name__ == "__main__":

@@ -287,6 +287,9 @@ EXPECTED_DIRECTIONS = {
     "AG": True,
     "SPS": True,
     "COMP": False,
+    "evidence_mass": True,  # the localisation metrics (issue 8)
+    "evidence_mass_ratio": True,
+    "pointing_game": True,
 }
 
 
@@ -319,9 +322,12 @@ def test_every_metric_returns_one_value_per_clip(batch):
 
 def test_higher_is_better_names_exactly_the_returned_metrics():
     p = torch.softmax(torch.randn(2, 4), 1)
-    out = metrics.per_clip_metrics(p, p, p, torch.rand(2, 3, 3), p.argmax(1))
+    mask = torch.rand(2, 3, 3)
+    out = metrics.per_clip_metrics(p, p, p, mask, p.argmax(1))
+    out.update(metrics.localisation_metrics(mask, mask > 0.5))
+    out.pop("evidence_area")  # no direction: what the ratio is relative to
     assert set(metrics.HIGHER_IS_BETTER) == set(out)
-    assert len(metrics.HIGHER_IS_BETTER) == 8
+    assert len(metrics.HIGHER_IS_BETTER) == 11
     assert (
         metrics.HIGHER_IS_BETTER == EXPECTED_DIRECTIONS
     )  # METHODS.md §5 table
