@@ -316,9 +316,19 @@ def parse_args(argv):
     parser.add_argument(
         "--tiny", action="store_true", help="smaller classifiers (tests)"
     )
+    parser.add_argument(
+        "--classifier",
+        action="append",
+        default=[],
+        metavar="BACKBONE=FOLDER",
+        help="reuse a classifier trained by train_classifier.py (with the "
+        "same architecture settings) instead of training one, e.g. "
+        "conv2d=results/compare/classifiers/conv2d",
+    )
     parser.add_argument("--no_gallery", action="store_true")
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")
+    args.classifier = dict(item.split("=", 1) for item in args.classifier)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(
@@ -340,6 +350,8 @@ def main(argv=None):
             data, n_classes=N_CLASSES, clips_per_fold=args.clips_per_fold
         )
     has_evidence = synthetic_esc50.read_evidence(data) is not None
+    with open(os.path.join(data, "meta", "esc50.csv")) as f:
+        n_classes = len({row["category"] for row in csv.DictReader(f)})
     methods = [m for m in args.methods if has_evidence or m != "oracle"]
     if len(methods) < len(args.methods):
         logger.warning("No meta/evidence.json in %s: no oracle mask.", data)
@@ -354,11 +366,12 @@ def main(argv=None):
         ]
     )
     architectures = TINY if args.tiny else ARCHITECTURES
-    steps = sorted({m.backbone for m in chosen}) + methods
+    backbones = sorted({m.backbone for m in chosen} - set(args.classifier))
+    steps = backbones + methods
     steps += ["nmf"] if any(m.nmf for m in chosen) else []
     progress = tqdm(total=len(steps), desc="compare", unit="run")
-    classifiers = {}
-    for backbone in sorted({m.backbone for m in chosen}):
+    classifiers = {k: os.path.abspath(v) for k, v in args.classifier.items()}
+    for backbone in backbones:
         progress.set_postfix_str(f"classifier {backbone}")
         classifiers[backbone] = os.path.join(out, "classifiers", backbone)
         run(
@@ -370,7 +383,7 @@ def main(argv=None):
             "--batch_size",
             8,
             "--out_n_neurons",
-            N_CLASSES,
+            n_classes,
             *architectures[backbone],
         )
         progress.update()
@@ -386,7 +399,7 @@ def main(argv=None):
         folder = os.path.join(out, "runs", name)
         extra = [*method.args, *architectures[method.backbone]]
         extra += classifier_args(classifiers[method.backbone])
-        extra += ["--out_n_neurons", N_CLASSES]
+        extra += ["--out_n_neurons", n_classes]
         if method.trains:
             extra += ["--number_of_epochs", args.epochs]
             extra += ["--batch_size", args.batch_size]
