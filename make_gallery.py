@@ -27,19 +27,11 @@ from urllib.parse import quote
 from speechbrain.utils.logger import get_logger
 
 from fileio import write_atomically
+from metrics import HIGHER_IS_BETTER
 
 logger = get_logger(__name__)
-# metric -> which direction is better (METHODS.md, README "Metrics")
-BETTER = {
-    "accuracy": "higher",
-    "fidelity_in": "higher",
-    "faithfulness": "higher",
-    "AI": "higher",
-    "AD": "lower",
-    "AG": "higher",
-    "SPS": "higher",
-    "COMP": "lower",
-}
+# metric -> which direction is better (metrics.py, README "Metrics")
+BETTER = {k: "higher" if up else "lower" for k, up in HIGHER_IS_BETTER.items()}
 # Chromium blocks media players past 1000 per page (crbug.com/1144736): past
 # this many audio elements, a player loads its file only when played
 MAX_PRELOADED = 500
