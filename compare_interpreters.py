@@ -264,7 +264,13 @@ def plot_comparison(rows, path):
     rows = [r for r in rows if r.get("evidence_mass_ratio")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
-        ax.scatter(row["evidence_mass_ratio"], row["faithfulness"])
+        reference = "reference" in row["method"]
+        ax.scatter(
+            row["evidence_mass_ratio"],
+            row["faithfulness"],
+            marker="s" if reference else "o",
+            color="grey" if reference else None,
+        )
         ax.annotate(
             row["method"],
             (row["evidence_mass_ratio"], row["faithfulness"]),
@@ -274,6 +280,8 @@ def plot_comparison(rows, path):
         )
     ax.axvline(1.0, color="grey", linestyle=":", label="uniform mask")
     ax.set_xscale("log")
+    ratios = [row["evidence_mass_ratio"] for row in rows] + [1.0]
+    ax.set_xlim(min(ratios) / 2, max(ratios) * 8)  # room for the labels
     ax.set_xlabel(
         "evidence_mass_ratio (mask mass on the evidence / its area; ↑)"
     )
