@@ -51,6 +51,7 @@ logger = get_logger(__name__)
 METHODS = {
     "train_piq.py": ("train_piq", "PIQBrain"),
     "train_l2i.py": ("train_l2i", "L2IBrain"),
+    "train_lmac.py": ("train_lmac", "LMACBrain"),
     "interpret_amt.py": ("interpret_amt", "AMTBrain"),
 }
 

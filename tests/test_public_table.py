@@ -29,6 +29,11 @@ PUBLIC_ROWS = [
     ("interpret_amt.py", "hparams/amt_vit.yaml", f"{RANDOM} --out_n_neurons 3"),
     ("train_l2i.py", "hparams/l2i_cnn14.yaml", f"{RANDOM} --out_n_neurons 3"),
     ("train_l2i.py", "hparams/l2i_conv2d.yaml", RANDOM),
+    (
+        "train_lmac.py",
+        "hparams/lmac_cnn14.yaml",
+        f"{RANDOM} --out_n_neurons 2 --number_of_epochs 2 --batch_size 2",
+    ),
     ("train_nmf.py", "hparams/nmf.yaml", ""),
     (
         "train_piq.py",

@@ -36,6 +36,12 @@ METHODS = [
         TINY + ["--out_n_neurons", N_CLASSES],
         True,
     ),
+    (
+        "train_lmac.py",
+        "hparams/lmac_conv2d.yaml",
+        TINY + ["--out_n_neurons", N_CLASSES],
+        False,
+    ),
 ]
 # every metric of METHODS.md §5; each is a mean of per-clip values that lie
 # in their range by definition, so only presence and finiteness are checked
