@@ -5,7 +5,8 @@ A script's ``main`` reads: ``setup_experiment`` -> ``prepare_manifests`` ->
 label mapping (``pretrained.load_classifier`` for an interpreter,
 ``pretrained.label_encoder_from_manifest`` for a model being trained) ->
 ``make_datasets`` -> Brain -> ``fit_and_test``. ``run_interpreter`` is that
-sequence for every trained interpreter.
+sequence for every trained interpreter, ``run_without_training`` its
+counterpart for the interpreters that train nothing (AMT, gradients).
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -274,4 +275,25 @@ def run_interpreter(brain_class, argv):
     datasets = make_datasets(hparams, load_classifier(hparams))
     brain = make_brain(brain_class, hparams, run_opts)
     fit_and_test(brain, datasets, brain.best_key)
+    return brain
+
+
+def run_without_training(brain_class, argv):
+    """``main`` of an interpreter that trains nothing (``interpret_amt.py``,
+    ``interpret_gradients.py``): parse the command line, prepare the data,
+    load the frozen classifier, evaluate the validation folds (metrics in
+    train_log.txt; skipped by ``--test_only``), then the test folds
+    (test_metrics.json, interpretations). There is no checkpoint to select.
+    ``brain_class`` needs ``evaluate_valid`` (``interpret_amt.AMTBrain`` and
+    its subclasses). Returns the Brain."""
+    hparams, run_opts = setup_experiment(argv)
+    prepare_manifests(hparams)
+    datasets = make_datasets(hparams, load_classifier(hparams))
+    brain = brain_class(hparams=hparams, run_opts=run_opts)
+    if not brain.test_only:
+        brain.evaluate_valid(datasets["valid"])
+    brain.evaluate(
+        datasets["test"],
+        test_loader_kwargs=dict(hparams["test_dataloader_opts"]),
+    )
     return brain

@@ -24,9 +24,8 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 
-from experiment import make_datasets, prepare_manifests, setup_experiment
+from experiment import run_without_training
 from interpreter_brain import Interpretation, InterpreterBrain
-from pretrained import load_classifier
 
 
 def resize_map(saliency, size):
@@ -138,17 +137,8 @@ class AMTBrain(InterpreterBrain):
 
 def main(argv):
     """Parse, prepare data, load the frozen classifier, evaluate valid (unless
-    --test_only) and test."""
-    hparams, run_opts = setup_experiment(argv)
-    prepare_manifests(hparams)
-    datasets = make_datasets(hparams, load_classifier(hparams))
-    brain = AMTBrain(hparams=hparams, run_opts=run_opts)
-    if not brain.test_only:
-        brain.evaluate_valid(datasets["valid"])
-    brain.evaluate(
-        datasets["test"],
-        test_loader_kwargs=dict(hparams["test_dataloader_opts"]),
-    )
+    --test_only) and test (``experiment.run_without_training``)."""
+    return run_without_training(AMTBrain, argv)
 
 
 if __name__ == "__main__":
