@@ -53,6 +53,7 @@ METHODS = {
     "train_l2i.py": ("train_l2i", "L2IBrain"),
     "train_lmac.py": ("train_lmac", "LMACBrain"),
     "interpret_amt.py": ("interpret_amt", "AMTBrain"),
+    "interpret_gradients.py": ("interpret_gradients", "GradientBrain"),
 }
 
 

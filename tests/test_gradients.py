@@ -11,6 +11,7 @@ leaves the shared metrics and interpretations.
 
 import glob
 
+import numpy as np
 import pytest
 import speechbrain as sb
 import torch
@@ -122,10 +123,6 @@ def test_batched_equals_clip_by_clip(config, attribution, brains):
     with the noise off: batched and single calls draw different noise)."""
     brain, X = brains[config]
     settings = {"stdevs": 0.0} if attribution == "smoothgrad" else {}
-    if attribution == "gradcam" and config == "conv2d":
-        # the tiny classifier's last (1x1) conv map is negative everywhere,
-        # an empty mask; the last 4x4 conv's is not
-        settings = {"gradcam_layer": "embedding_model.conv4"}
     batched = interpret(brain, X, attribution, **settings).mask
     clips = [interpret(brain, x[None], attribution, **settings) for x in X]
     diff = (batched - torch.cat([clip.mask for clip in clips])).abs()
@@ -189,15 +186,13 @@ def test_integrated_gradients_sum_to_the_probability_change(brains):
 
 
 def test_gradcam_layers_and_attribution_names(brains, tmp_path):
-    """gradcam_layer names the last conv of Conv2dEncoder_v2 and CNN14's
+    """gradcam_layer names the last 4x4 conv of Conv2dEncoder_v2 and CNN14's
     last conv block; an unknown attribution is refused at once."""
     conv2d, cnn14 = brains["conv2d"][0].hparams, brains["cnn14"][0].hparams
-    convs = [
-        name
-        for name, m in conv2d.backbone.named_modules()
-        if isinstance(m, torch.nn.Conv2d)
-    ]
-    assert conv2d.gradcam_layer == convs[-1]
+    assert conv2d.gradcam_layer == "embedding_model.conv4"
+    assert isinstance(
+        conv2d.backbone.get_submodule(conv2d.gradcam_layer), torch.nn.Conv2d
+    )
     assert cnn14.gradcam_layer == "embedding_model.conv_block6"
     blocks = list(cnn14.backbone.embedding_model.children())
     assert blocks[-1] is cnn14.backbone.get_submodule(cnn14.gradcam_layer)
@@ -206,8 +201,8 @@ def test_gradcam_layers_and_attribution_names(brains, tmp_path):
 
 
 def test_run_then_test_only(synthetic_data, trained_classifier, tmp_path):
-    """interpret_gradients.py (Grad-CAM, tiny conv2d, the layer given on the
-    command line): validation then test with interpretations; --test_only
+    """interpret_gradients.py (Grad-CAM, tiny conv2d, its default layer):
+    validation then test with interpretations; --test_only
     on a fresh folder: test only, the same numbers (nothing is trained or
     random)."""
     common = [
@@ -219,8 +214,6 @@ def test_run_then_test_only(synthetic_data, trained_classifier, tmp_path):
         N_CLASSES,
         "--attribution",
         "gradcam",
-        "--gradcam_layer",  # see test_batched_equals_clip_by_clip
-        "embedding_model.conv4",
     ]
     run_script(
         "interpret_gradients.py",
@@ -246,3 +239,15 @@ def test_run_then_test_only(synthetic_data, trained_classifier, tmp_path):
     again = check_test_metrics(tmp_path / "test_only")
     for name in METRIC_NAMES:
         assert again[name] == pytest.approx(first[name], abs=1e-6), name
+    # interpret_file.py on the run folder: a test clip, read back from its
+    # original.wav, gets the mask the test run saved for it
+    clip = sorted((tmp_path / "run" / "interpretations").iterdir())[0]
+    run_script(
+        "interpret_file.py",
+        tmp_path / "run",
+        clip / "original.wav",
+        "--output_folder",
+        tmp_path / "file",
+    )
+    mask = np.load(tmp_path / "file" / "original.wav" / "mask.npy")
+    np.testing.assert_allclose(mask, np.load(clip / "mask.npy"), atol=1e-3)
