@@ -6,7 +6,8 @@ label mapping (``pretrained.load_classifier`` for an interpreter,
 ``pretrained.label_encoder_from_manifest`` for a model being trained) ->
 ``make_datasets`` -> Brain -> ``fit_and_test``. ``run_interpreter`` is that
 sequence for every trained interpreter, ``run_without_training`` its
-counterpart for the interpreters that train nothing (AMT, gradients).
+counterpart for the interpreters that train nothing (AMT, gradients,
+references).
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -284,8 +285,8 @@ def run_without_training(brain_class, argv):
     load the frozen classifier, evaluate the validation folds (metrics in
     train_log.txt; skipped by ``--test_only``), then the test folds
     (test_metrics.json, interpretations). There is no checkpoint to select.
-    ``brain_class`` needs ``evaluate_valid`` (``interpret_amt.AMTBrain`` and
-    its subclasses). Returns the Brain."""
+    ``brain_class`` is a ``training_free.TrainingFreeBrain``. Returns the
+    Brain."""
     hparams, run_opts = setup_experiment(argv)
     prepare_manifests(hparams)
     datasets = make_datasets(hparams, load_classifier(hparams))

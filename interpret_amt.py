@@ -20,12 +20,12 @@ Authors: the ESC-50 interpretability recipe developers.
 
 import sys
 
-import speechbrain as sb
 import torch
 import torch.nn.functional as F
 
 from experiment import run_without_training
-from interpreter_brain import Interpretation, InterpreterBrain
+from interpreter_brain import Interpretation
+from training_free import TrainingFreeBrain
 
 
 def resize_map(saliency, size):
@@ -64,7 +64,7 @@ def threshold_mask(saliency, quantile):
     return (flat >= thresholds[:, None]).float().view_as(saliency)
 
 
-class AMTBrain(InterpreterBrain):
+class AMTBrain(TrainingFreeBrain):
     """AMT through the shared brain: the classifier's activation maps are its
     hidden representation, the thresholded last map is the mask."""
 
@@ -97,41 +97,6 @@ class AMTBrain(InterpreterBrain):
         mask = threshold_mask(saliency, self.hparams.quantile)
         return Interpretation(
             X=X, stft=stft, logits=logits, mask=mask, aux={"saliency": saliency}
-        )
-
-    validating = False
-
-    def interpreter_loss(self, result, batch, stage):
-        """AMT has no training objective: 0."""
-        return torch.zeros((), device=result.X.device)
-
-    def evaluate_valid(self, dataset):
-        """The validation folds through ``Brain.evaluate``, computed and
-        logged as validation (no contamination, nothing saved, metrics in
-        train_log.txt)."""
-        self.validating = True
-        try:
-            self.evaluate(
-                dataset,
-                test_loader_kwargs=dict(self.hparams.test_dataloader_opts),
-            )
-        finally:
-            self.validating = False
-
-    def evaluate_batch(self, batch, stage):
-        """``Brain.evaluate`` runs the TEST stage: while validating, VALID."""
-        return super().evaluate_batch(
-            batch, sb.Stage.VALID if self.validating else stage
-        )
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Validation: logs the metrics (no learning rate to anneal, no
-        checkpoint to keep). Test: the shared test_metrics.json."""
-        if not self.validating:
-            return super().on_stage_end(stage, stage_loss, epoch)
-        self.hparams.train_logger.log_stats(
-            stats_meta={"folds": "valid"},
-            valid_stats=self.reduce_metrics(stage_loss),
         )
 
 

@@ -40,8 +40,9 @@ import torch
 from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency
 
 from experiment import run_without_training
-from interpret_amt import AMTBrain, resize_map
-from interpreter_brain import Interpretation, InterpreterBrain
+from interpret_amt import resize_map
+from interpreter_brain import Interpretation
+from training_free import TrainingFreeBrain
 
 ATTRIBUTIONS = ("saliency", "integrated_gradients", "smoothgrad", "gradcam")
 
@@ -72,13 +73,9 @@ def mask_from_attribution(attribution):
     return magnitude / peak[:, None, None]
 
 
-class GradientBrain(AMTBrain):
-    """A Captum attribution as the interpreter. ``AMTBrain`` supplies the
-    evaluation of a method that trains nothing (validation logged, no
-    checkpoint, zero loss); the classifier is called as every other method
-    calls it."""
-
-    classify = InterpreterBrain.classify  # X -> (hidden, logits [B, C])
+class GradientBrain(TrainingFreeBrain):
+    """A Captum attribution as the interpreter, evaluated like every method
+    that trains nothing (``training_free.TrainingFreeBrain``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

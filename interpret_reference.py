@@ -27,19 +27,16 @@ import torch
 
 import metrics
 from experiment import run_without_training
-from interpret_amt import AMTBrain
-from interpreter_brain import Interpretation, InterpreterBrain
+from interpreter_brain import Interpretation
 from synthetic_esc50 import evidence_records
+from training_free import TrainingFreeBrain
 
 REFERENCES = ("oracle", "uniform")
 
 
-class ReferenceBrain(AMTBrain):
-    """A reference mask as the interpreter. ``AMTBrain`` supplies the
-    evaluation of a method that trains nothing; the classifier is called as
-    every other method calls it."""
-
-    classify = InterpreterBrain.classify  # X -> (hidden, logits [B, C])
+class ReferenceBrain(TrainingFreeBrain):
+    """A reference mask as the interpreter, evaluated like every method that
+    trains nothing (``training_free.TrainingFreeBrain``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
