@@ -37,7 +37,7 @@ def run_script(
     status is not the expected one."""
     command = (
         (launcher or [sys.executable])
-        + [script, hparams_file]
+        + [script, str(hparams_file)]
         + [str(a) for a in args]
     )
     full_env = dict(os.environ, **(env or {}))
