@@ -13,6 +13,7 @@ import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
+from compare_interpreters import TINY
 from conftest import N_CLASSES, ROOT, classifier_args, run_script
 from test_recipes import (
     METRIC_NAMES,
@@ -29,31 +30,9 @@ QUICK = [
     "--out_n_neurons",
     N_CLASSES,
 ]
-# Shrunk architectures: seconds per run on 2 CPU cores
-TINY_ARCH = {
-    "focalnet": [
-        "--embed_dim",
-        4,
-        "--depths",
-        "[1, 1, 1, 1]",
-        "--image_size",
-        64,
-    ],
-    "vit": [
-        "--emb_dim",
-        16,
-        "--num_hidden_layers",
-        1,
-        "--num_attention_heads",
-        2,
-        "--intermediate_size",
-        32,
-        "--image_size",
-        32,
-        "--patch_size",
-        8,
-    ],
-}
+# Shrunk architectures: seconds per run on 2 CPU cores (those of
+# compare_interpreters.py --tiny)
+TINY_ARCH = {arch: list(TINY[arch]) for arch in ("focalnet", "vit")}
 # (script, config prefix, extra overrides)
 METHODS = [
     ("interpret_amt.py", "amt", []),
