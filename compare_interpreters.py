@@ -172,7 +172,7 @@ TINY = {
         "--depths",
         "[1, 1, 1, 1]",
         "--image_size",
-        32,
+        64,
     ),
     "vit": (
         "--emb_dim",
