@@ -24,6 +24,7 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 import metrics
+from chunked_decoder import speed_up
 from contamination import InputContamination
 from distributed import ShardedEvaluation, sum_over_processes, world_size
 from fileio import write_json
@@ -45,7 +46,9 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
     Expected hparams: ``compute_stft``, ``compute_istft``, ``backbone``
     (``backbones.py``), ``pretrainer``, ``label_encoder`` (set by the
     script), ``sample_rate``, ``output_folder``, ``save_interpretations``,
-    ``train_logger``, ``lr_annealing``, ``channels_last``.
+    ``train_logger``, ``lr_annealing``, ``channels_last``; optional:
+    ``fast_decoder`` and ``decoder_piece`` (``chunked_decoder.speed_up``) and
+    speechbrain's ``compile``, which also compiles ``backbone``.
 
     The checkpoint kept as best, tested, and loaded by ``--test_only`` is the
     lowest ``best_key`` (the validation loss) stored in its meta. Masks that
@@ -65,6 +68,13 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             frozen.to(self.device, memory_format=layout).eval()
             frozen.requires_grad_(False)
         self.modules.to(memory_format=layout)
+        if getattr(self.hparams, "fast_decoder", False):
+            speed_up(self.modules, getattr(self.hparams, "decoder_piece", 0))
+        if self.compile:  # Brain compiles self.modules when fit starts
+            self.hparams.backbone.compile(
+                mode=self.compile_mode,
+                dynamic=self.compile_using_dynamic_shape_tracing,
+            )
         self.input_wavs = InputContamination(self.hparams)
         self.contamination = self.input_wavs.mode
         # ground truth of generated data: localisation is then reported too
@@ -115,12 +125,15 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
     def accumulate_metrics(self, result, labels, ids):
         """Adds the batch's per-clip metrics (clips ``ids``) to the running
         sums and returns them (name -> [B]). The masked-in and masked-out
-        inputs go through the classifier in one batched pass."""
+        inputs go through the classifier one after the other (together they
+        would double the classifier's peak memory)."""
         with torch.no_grad():
             M, X = result.mask.detach(), result.X.detach()
-            _, io_logits = self.classify(torch.cat([M * X, (1 - M) * X]))
+            p_in, p_out = (
+                F.softmax(self.classify(kept)[1].float(), dim=1)
+                for kept in (M * X, (1 - M) * X)
+            )
             p = F.softmax(result.logits.float(), dim=1)
-            p_in, p_out = F.softmax(io_logits.float(), dim=1).chunk(2)
             values = metrics.per_clip_metrics(p, p_in, p_out, M.float(), labels)
             values.update(self.method_metrics(result))
             if self.evidence is not None:

@@ -72,26 +72,27 @@ def peak_mib(cuda, reset=False):
 
 
 def timed(name):
-    """The Brain method ``name``, timed into ``times[name]``."""
+    """The Brain method ``name``, timed into ``times[name]`` (wall clock)
+    and ``cpu[name]`` (process CPU time); fit_batch's losses are kept."""
 
     def method(self, *args, **kwargs):
-        """Calls the base method; for fit and evaluate also records peak memory."""
-        phase = name in ("fit", "evaluate")
-        if phase:
-            peak_mib(self.device_type == "cuda", reset=True)
-        start = self.now()
+        """Calls the base method."""
+        start, cpu = self.now(), time.process_time()
         try:
-            return getattr(super(Timed, self), name)(*args, **kwargs)
+            out = getattr(super(Timed, self), name)(*args, **kwargs)
+            if name == "fit_batch":
+                self.losses.append(float(out))
+            return out
         finally:  # also when the profiler quits fit
             self.times[name].append(self.now() - start)
-            if phase:
-                self.memory[name] = peak_mib(self.device_type == "cuda")
+            self.cpu[name].append(time.process_time() - cpu)
 
     return method
 
 
 class Timed:
-    """Mixin put first in the Brain's MRO: timers, peak memory, weights' hash."""
+    """Mixin put first in the Brain's MRO: timers and peak memory of every
+    stage, losses, weights' hash."""
 
     fit_batch = timed("fit_batch")
     fit = timed("fit")
@@ -101,8 +102,9 @@ class Timed:
     def __init__(self, *args, **kwargs):
         """Builds the Brain, then hashes the initial state of its ``modules``."""
         super().__init__(*args, **kwargs)
-        Timed.instance, self.memory = self, {}
+        Timed.instance, self.memory, self.losses = self, {}, []
         self.times = collections.defaultdict(list)
+        self.cpu = collections.defaultdict(list)
         digest = hashlib.sha256()
         for tensor in self.modules.state_dict().values():
             digest.update(tensor.cpu().flatten().view(torch.uint8).numpy())
@@ -115,14 +117,19 @@ class Timed:
         return time.perf_counter()
 
     def on_stage_start(self, stage, epoch=None):
-        """Starts the stage's clock after the base hook."""
+        """Starts the stage's clocks and peak memory after the base hook."""
         super().on_stage_start(stage, epoch)
-        self.stage_start = self.now()
+        peak_mib(self.device_type == "cuda", reset=True)
+        self.stage_start = self.now(), time.process_time()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Stops it after the base hook (checkpointing, test_metrics.json)."""
+        """Stops them after the base hook (checkpointing, test_metrics.json)."""
         super().on_stage_end(stage, stage_loss, epoch)
-        self.times[stage.name.lower()].append(self.now() - self.stage_start)
+        name, (start, cpu) = stage.name.lower(), self.stage_start
+        self.times[name].append(self.now() - start)
+        self.cpu[name].append(time.process_time() - cpu)
+        peak = peak_mib(self.device_type == "cuda")
+        self.memory[name] = max(self.memory.get(name, 0), peak)
 
 
 def run_one(args, overrides, precision):
@@ -151,6 +158,15 @@ def run_one(args, overrides, precision):
             metrics = json.load(f)
     n = metrics.get("n_clips")
     test_s = t["test"][0] - sum(t["save_interpretations"]) if n else None
+    batches = range(len(t["fit_batch"]))
+    fastest = min(batches, key=t["fit_batch"].__getitem__, default=0)
+
+    def util(name, i=0):
+        """Process CPU time / wall time / torch threads of ``name``'s i-th."""
+        if len(t[name]) <= i:
+            return None
+        return brain.cpu[name][i] / t[name][i] / torch.get_num_threads()
+
     return {  # [None]: the figure when there is no time
         "precision": precision,
         "initial_weights_sha256": brain.init_hash,
@@ -159,16 +175,26 @@ def run_one(args, overrides, precision):
         "median_later_epoch_s": median(t["train"][1:] or [None]),
         "median_batch_s": median(t["fit_batch"] or [None]),
         "min_batch_s": min(t["fit_batch"], default=None),
+        "min_batch_cpu_util": util("fit_batch", fastest),
+        "first_batch_s": (t["fit_batch"] or [None])[0],  # compiles, if on
+        "first_batch_loss": (brain.losses or [None])[0],
         "train_batches": len(t["fit_batch"]),
+        "train_cpu_util": util("train"),
         "median_valid_pass_s": median(t["valid"] or [None]),
+        "valid_cpu_util": util("valid"),
         "test_clips_per_s": n / test_s if n else None,
+        "test_cpu_util": util("test"),
         "writing_interpretations_s": sum(t["save_interpretations"]),
-        "peak_fit_mib": brain.memory.get("fit"),
-        "peak_test_mib": brain.memory.get("evaluate"),
+        **{
+            f"peak_{k}_mib": brain.memory.get(k)
+            for k in ("train", "valid", "test")
+        },
         "test_checkpoint_epoch": n and brain.hparams.epoch_counter.current,
         **{f"metric_{k}": v for k, v in metrics.items()},
         "machine": machine_info(),
         "times_s": dict(t),
+        "cpu_s": dict(brain.cpu),
+        "losses": brain.losses,
     }
 
 
@@ -180,10 +206,11 @@ def cell(value):
 
 def print_report(results, args):
     """Header, then one row per figure, one column per precision."""
-    kind = "CUDA allocator" if "cuda" in args.device else "VmHWM of the phase"
+    kind = "CUDA allocator" if "cuda" in args.device else "VmHWM of the stage"
     print(f"\n=== {args.brain} {args.hparams}, {args.device}")
     print(f"{results[0]['machine']}\npeak memory: {kind}")
-    for key in (k for k in results[0] if k not in ("machine", "times_s")):
+    lists = ("machine", "times_s", "cpu_s", "losses")
+    for key in (k for k in results[0] if k not in lists):
         cells = "".join(f"{cell(r.get(key)):>14s}" for r in results)
         print(f"{key:30s}{cells}")
 

@@ -1,0 +1,280 @@
+"""Leaner training of the interpreters' transposed-convolution decoders
+(PIQ's and L2I's psi), with the same results up to float rounding.
+
+A decoder is a ``Sequential`` of [ConvTranspose2d, ReLU, BatchNorm2d] blocks
+and a last ConvTranspose2d to one channel. Trained as usual, autograd keeps
+the ReLU and BatchNorm outputs of every block, at full resolution two
+[B, 256, 408, 504] maps of 3.4 GB each at batch 16. ``ChunkedDecoder``
+keeps the head's input and output and the last block's ReLU output only:
+
+* forward: the head (every block but the last) without autograd; the last
+  block's y = relu(up(x)) in pieces of ``piece`` clips; BatchNorm's
+  statistics over the whole batch; the output piece by piece;
+* backward: BatchNorm's sums over all pieces, then the gradients piece by
+  piece (a piece of y is freed once used); then the head, recomputed with
+  autograd (its BatchNorm layers with the same batch statistics, the
+  running statistics updated once) and differentiated.
+
+``speed_up(module, piece)`` gives every decoder of ``module`` this and the
+faster kernels of ``fast_convt``, without changing parameters, buffers or
+state_dict keys.
+
+Authors: the ESC-50 interpretability recipe developers.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from fast_convt import ConvTranspose2dCPU, conv_transpose, conv_transpose_grads
+
+
+def _apply(layers, x):
+    """x through ``layers`` in order."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def _with_batch_stats(layers, x):
+    """x through ``layers``, BatchNorm2d with the batch's statistics and no
+    running-statistics update (a recomputation of a training forward)."""
+    for layer in layers:
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            x = F.batch_norm(
+                x, None, None, layer.weight, layer.bias, True, 0.0, layer.eps
+            )
+        else:
+            x = layer(x)
+    return x
+
+
+def _per_channel(*values):
+    """[C] tensors as [1, C, 1, 1] float32."""
+    return [value.float().view(1, -1, 1, 1) for value in values]
+
+
+def _add(grads, param, grad):
+    """Accumulates ``grad`` into ``grads[param]``."""
+    grads[param] = grads.get(param, 0) + grad
+
+
+def _batch_norm(bn, ys):
+    """Training-mode statistics of ``bn`` over the pieces ``ys`` together:
+    updates its running statistics as ``BatchNorm2d`` does and returns the
+    batch mean, 1 / sqrt(var + eps) and the count per channel."""
+    count = sum(y.numel() // y.shape[1] for y in ys)
+    mean = sum(y.sum((0, 2, 3)).double() for y in ys) / count
+    squares = sum((y * y).sum((0, 2, 3)).double() for y in ys)
+    var = squares / count - mean**2
+    bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum
+    if momentum is None:  # cumulative average
+        momentum = 1 / float(bn.num_batches_tracked)
+    unbiased = var * count / max(count - 1, 1)
+    bn.running_mean.mul_(1 - momentum).add_(momentum * mean.float())
+    bn.running_var.mul_(1 - momentum).add_(momentum * unbiased.float())
+    return mean.float(), torch.rsqrt(var.float() + bn.eps), count
+
+
+class _Decoder(torch.autograd.Function):
+    """A ``ChunkedDecoder``'s layers up to its last convolution, in
+    training (see the module's docstring)."""
+
+    @staticmethod
+    def forward(ctx, h, decoder, *params):
+        head, (up, _, bn, out) = decoder.parts()
+        with torch.no_grad():
+            x = _apply(head, h)  # updates the head's running statistics
+            ys = [
+                conv_transpose(up, piece, up.weight, up.bias).relu_()
+                for piece in x.split(decoder.piece)
+            ]
+            mean, invstd, count = _batch_norm(bn, ys)
+            scale = bn.weight * invstd
+            a, c = _per_channel(scale, bn.bias - mean * scale)
+            result = torch.cat(
+                [
+                    conv_transpose(
+                        out, torch.addcmul(c, y, a), out.weight, out.bias
+                    )
+                    for y in ys
+                ]
+            )
+        ctx.save_for_backward(h, mean, invstd, a, c)
+        ctx.decoder, ctx.x, ctx.ys, ctx.count = decoder, x, ys, count
+        return result
+
+    @staticmethod
+    def backward(ctx, g):
+        h, mean, invstd, a, c = ctx.saved_tensors
+        grads = {}
+        gx = _tail_backward(ctx, g, mean, invstd, a, c, grads)
+        del ctx.x, ctx.ys  # freed before the head's recomputation
+        g_h = _head_backward(ctx.decoder, h, gx, ctx.needs_input_grad[0], grads)
+        params = zip(ctx.decoder.parameters(), ctx.needs_input_grad[2:])
+        return (
+            g_h,
+            None,
+            *(grads.get(p) if need else None for p, need in params),
+        )
+
+
+def _tail_backward(ctx, g, mean, invstd, a, c, grads):
+    """Gradients of the last block's and the last convolution's parameters
+    (into ``grads``) and of the head's output x, piece by piece."""
+    decoder, ys = ctx.decoder, ctx.ys
+    _, (up, _, bn, out) = decoder.parts()
+    gs = g.split(decoder.piece)
+
+    def grad_z(i):
+        """Gradient at out's input z = bn(y), for piece i."""
+        return conv_transpose_grads(
+            out, ys[i], out.weight, gs[i], need_w=False
+        )[0]
+
+    # pass 1: out's gradients and the sums BatchNorm's backward needs
+    sum_gz, sum_gz_y = 0, 0
+    for i in range(len(ys)):
+        gz = grad_z(i)
+        sum_gz = sum_gz + gz.sum((0, 2, 3)).double()
+        sum_gz_y = sum_gz_y + gz.mul_(ys[i]).sum((0, 2, 3)).double()
+        del gz
+        z = torch.addcmul(c, ys[i], a)
+        _, gw, gb = conv_transpose_grads(out, z, out.weight, gs[i], False)
+        del z
+        _add(grads, out.weight, gw)
+        _add(grads, out.bias, gb)
+    # BatchNorm: g_gamma = sum gz xhat, g_beta = sum gz, and
+    # g_y = a (gz - g_beta / N - xhat g_gamma / N) = a gz + k_y y + k_0
+    g_beta = sum_gz.float()
+    g_gamma = ((sum_gz_y - mean.double() * sum_gz) * invstd.double()).float()
+    _add(grads, bn.weight, g_gamma)
+    _add(grads, bn.bias, g_beta)
+    scale = bn.weight * invstd / ctx.count
+    k_y, k_0 = _per_channel(
+        -scale * invstd * g_gamma, -scale * (g_beta - mean * invstd * g_gamma)
+    )
+    # pass 2: through BatchNorm, the ReLU and up, piece by piece
+    gx, start = torch.empty_like(ctx.x), 0
+    for i, piece in enumerate(ctx.x.split(decoder.piece)):
+        gy = grad_z(i).mul_(a).addcmul_(ys[i], k_y).add_(k_0)
+        gy = torch.ops.aten.threshold_backward(gy, ys[i], 0)  # the ReLU
+        ys[i] = None  # frees the piece
+        gpiece, gw, gb = conv_transpose_grads(up, piece, up.weight, gy)
+        del gy
+        gx[start : start + len(piece)] = gpiece
+        start += len(piece)
+        _add(grads, up.weight, gw)
+        _add(grads, up.bias, gb)
+    return gx
+
+
+def _head_backward(decoder, h, gx, need_h, grads):
+    """The head recomputed from h with autograd and differentiated for the
+    gradient gx at its output (its parameters' gradients into ``grads``);
+    returns h's gradient if ``need_h``. Its last ReLU and BatchNorm2d are
+    differentiated by hand, so that their outputs are not kept."""
+    head, _ = decoder.parts()
+    if not head:
+        return gx
+    *body, _, bn = head
+    wanted = [
+        p for layer in body for p in layer.parameters() if p.requires_grad
+    ]
+    with torch.enable_grad():
+        h = h.detach().requires_grad_(need_h)
+        p = _with_batch_stats(body, h)
+    r = torch.relu(p.detach())
+    mean, invstd = torch.ops.aten.native_batch_norm(  # the forward's figures
+        r, bn.weight, bn.bias, None, None, True, 0.0, bn.eps
+    )[1:]
+    gr, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+        gx, r, bn.weight, None, None, mean, invstd, True, bn.eps, [True] * 3
+    )
+    del gx
+    _add(grads, bn.weight, g_gamma)
+    _add(grads, bn.bias, g_beta)
+    gp = torch.ops.aten.threshold_backward(gr, r, 0)
+    del gr, r
+    inputs = ([h] if need_h else []) + wanted
+    if not inputs:
+        return None
+    found = torch.autograd.grad(p, inputs, gp, allow_unused=True)
+    for param, grad in zip(wanted, found[len(found) - len(wanted) :]):
+        if grad is not None:
+            _add(grads, param, grad)
+    return found[0] if need_h else None
+
+
+def _is_block(layers):
+    """Whether ``layers`` are [ConvTranspose2d, ReLU, affine BatchNorm2d
+    with running statistics]."""
+    if len(layers) != 3:
+        return False
+    up, relu, bn = layers
+    return (
+        isinstance(up, torch.nn.ConvTranspose2d)
+        and type(relu) is torch.nn.ReLU
+        and type(bn) is torch.nn.BatchNorm2d
+        and bn.affine
+        and bn.track_running_stats
+    )
+
+
+def tail_start(layers):
+    """Index of the last block in a decoder ``layers`` = blocks, then a
+    ConvTranspose2d to one channel (then anything); None if not one."""
+    for end in range(3, len(layers), 3):
+        if not _is_block(layers[end - 3 : end]):
+            return None
+        out = layers[end]
+        if isinstance(out, torch.nn.ConvTranspose2d) and out.out_channels == 1:
+            biased = layers[end - 3].bias is not None and out.bias is not None
+            return end - 3 if biased else None
+    return None
+
+
+class ChunkedDecoder(torch.nn.Sequential):
+    """A decoder ``Sequential`` (same layers, same state_dict keys) whose
+    last block runs ``piece`` clips at a time (see the module's docstring);
+    in evaluation, piece by piece."""
+
+    def parts(self):
+        """(the head's layers, [up, ReLU, BatchNorm2d, out])."""
+        layers, start = list(self), self.tail_start
+        return layers[:start], layers[start : start + 4]
+
+    def forward(self, x):
+        """The layers in order, the last block and convolution in pieces."""
+        (head, tail), rest = self.parts(), list(self)[self.tail_start + 4 :]
+        if type(tail[2]) is not torch.nn.BatchNorm2d:  # e.g. SyncBatchNorm
+            x = _apply(head + tail, x)
+        elif tail[2].training:
+            x = _Decoder.apply(x, self, *self.parameters())
+        else:
+            x = _apply(head, x)
+            x = torch.cat([_apply(tail, p) for p in x.split(self.piece)])
+        return _apply(rest, x)
+
+
+def speed_up(module, piece=0):
+    """Gives every ``ConvTranspose2d`` of ``module`` the faster CPU kernels
+    (``fast_convt``), makes the ReLUs that follow one in place, and, when
+    ``piece`` > 0, makes every decoder ``Sequential`` a ``ChunkedDecoder``
+    with pieces of ``piece`` clips. Parameters, buffers, hooks and
+    state_dict keys do not change: only the layers' classes (and ReLU's
+    ``inplace``). Returns ``module``."""
+    for layer in list(module.modules()):
+        if type(layer) is torch.nn.ConvTranspose2d:
+            layer.__class__ = ConvTranspose2dCPU
+        if type(layer) is not torch.nn.Sequential:
+            continue
+        for before, relu in zip(layer, list(layer)[1:]):
+            if isinstance(before, torch.nn.ConvTranspose2d):
+                if type(relu) is torch.nn.ReLU:
+                    relu.inplace = True  # the convolution keeps no output
+        if piece > 0 and tail_start(layer) is not None:
+            layer.tail_start = tail_start(layer)
+            layer.__class__ = ChunkedDecoder
+            layer.piece = piece
+    return module

@@ -1,0 +1,135 @@
+"""The speed and memory options give the same results (issue 13).
+
+* ``fast_convt`` and ``chunked_decoder``: the faster transposed-convolution kernels and the
+  chunked decoder against speechbrain's own layers, from the same weights:
+  losses, gradients, BatchNorm running statistics and evaluation output;
+* ``compile: True``: the compiled psi and classifier give the eager loss.
+
+Correctness only: the timings are the benchmark's (benchmarks/benchmark.py).
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from speechbrain.lobes.models.L2I import PsiOptimized
+from speechbrain.lobes.models.PIQ import VectorQuantizedPSI_Audio
+
+import chunked_decoder
+import fast_convt
+
+CL = torch.channels_last
+
+
+def relative(a, b):
+    """Largest absolute difference over the largest magnitude of b."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_k4s2_weight_grad_is_atens(layout):
+    """The 16 matrix products give the weight gradient of ATen's kernel."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 5, 7).contiguous(memory_format=layout)
+    g = torch.randn(3, 6, 10, 14).contiguous(memory_format=layout)
+    weight = torch.randn(8, 6, 4, 4)
+    expected = torch.ops.aten.convolution_backward(
+        g, x, weight, None, [2, 2], [1, 1], [1, 1], True, [0, 0], 1,
+        [False, True, False],
+    )[1]  # fmt: skip
+    got = fast_convt.k4s2_weight_grad(x, g)
+    assert relative(got, expected) < 1e-5
+
+
+def make_psi(method):
+    """A narrow psi (8 channels); on a 2 x 32 map it gives 33 x 513 masks."""
+    if method == "piq":
+        return VectorQuantizedPSI_Audio(dim=8, K=12, numclasses=3)
+    return PsiOptimized(
+        dim=8, K=10, numclasses=3, use_adapter=False, adapter_reduce_dim=False
+    )
+
+
+def train(psi, method, hidden, steps=2):
+    """``steps`` Adam steps on a loss of psi's output (and, for PIQ, its
+    codebook terms). Returns the losses, and after the first step's backward
+    pass its gradients, the state_dict and psi's evaluation output."""
+    labels = torch.arange(len(hidden)) % 3
+    optimizer = torch.optim.Adam(psi.parameters(), lr=1e-3)
+    losses = []
+    for step in range(steps):
+        out = psi(hidden, labels) if method == "piq" else psi(hidden)
+        loss = (out[0] - 0.1 * step).pow(2).mean() + 0.1 * out[0].abs().mean()
+        if method == "piq":
+            loss = (
+                loss + F.mse_loss(out[2], out[1]) + F.mse_loss(out[1], out[2])
+            )
+        loss.backward()
+        losses.append(loss.item())
+        if step == 0:
+            grads = {n: p.grad.clone() for n, p in psi.named_parameters()}
+            state = copy.deepcopy(psi.state_dict())
+            with torch.no_grad():
+                evaluation = (
+                    psi.eval()(hidden, labels)
+                    if method == "piq"
+                    else psi.eval()(hidden)
+                )
+            psi.train()
+        optimizer.step()
+        optimizer.zero_grad()
+    return losses, grads, state, evaluation[0]
+
+
+@pytest.mark.parametrize("piece", [0, 2])
+@pytest.mark.parametrize("method", ["piq", "l2i"])
+def test_fast_decoder_matches_speechbrains(method, piece):
+    """Same initial weights, contiguous tensors: losses within 1e-5, every
+    gradient within 1e-3 of its largest value (1e-6: those of a bias before
+    a BatchNorm are rounding noise), running statistics and the evaluation
+    output within 1e-4 (3 clips in pieces of 2 and 1). The state_dict keys
+    are speechbrain's."""
+    torch.manual_seed(0)
+    psi = make_psi(method)
+    hidden = torch.randn(3, 8, 2, 32)
+    expected = train(copy.deepcopy(psi), method, hidden)
+    fast = chunked_decoder.speed_up(psi, piece)
+    chunked = type(fast.decoder) is chunked_decoder.ChunkedDecoder
+    assert chunked == (piece > 0)
+    losses, grads, state, evaluation = train(fast, method, hidden)
+    assert losses == pytest.approx(expected[0], rel=1e-5)
+    assert grads.keys() == expected[1].keys()
+    for name, grad in grads.items():
+        scale = expected[1][name].abs().max()
+        error = (grad - expected[1][name]).abs().max()
+        assert error <= 1e-3 * scale + 1e-6, name
+    assert state.keys() == expected[2].keys()
+    for name in [name for name in state if "running" in name]:
+        assert relative(state[name], expected[2][name]) < 1e-4, name
+    assert relative(evaluation, expected[3]) < 1e-4
+
+
+def test_chunked_decoder_channels_last_is_closer_to_float64():
+    """In channels_last, the layout the recipe trains in, the chunked
+    decoder's loss is within 1e-5 of a float64 computation (torch's own
+    channels_last BatchNorm2d is about 1e-3 off at full size)."""
+    torch.manual_seed(0)
+    psi = make_psi("l2i")
+    hidden = torch.randn(3, 8, 2, 32)
+    reference = train(copy.deepcopy(psi).double(), "l2i", hidden.double(), 1)
+    fast = chunked_decoder.speed_up(psi.to(memory_format=CL), 2)
+    losses = train(fast, "l2i", hidden.contiguous(memory_format=CL), 1)[0]
+    assert losses == pytest.approx(reference[0], rel=1e-5)
+
+
+def test_compiled_psi_gives_the_eager_loss():
+    """torch.compile (graph capture and AOTAutograd, as ``compile: True``;
+    the ``aot_eager`` backend leaves out Inductor's C++ build, a minute on 2
+    cores) through the chunked decoder: the eager losses within 1e-6."""
+    torch.manual_seed(0)
+    psi = chunked_decoder.speed_up(make_psi("l2i"), 2)
+    hidden = torch.randn(3, 8, 2, 32)
+    expected = train(copy.deepcopy(psi), "l2i", hidden)[0]
+    psi.compile(backend="aot_eager")
+    assert train(psi, "l2i", hidden)[0] == pytest.approx(expected, rel=1e-6)
