@@ -3,12 +3,14 @@
 * ``fast_convt`` and ``chunked_decoder``: the faster transposed-convolution kernels and the
   chunked decoder against speechbrain's own layers, from the same weights:
   losses, gradients, BatchNorm running statistics and evaluation output;
-* ``compile: True``: the compiled psi and classifier give the eager loss.
+* ``compile: True``: the compiled psi and classifier give the eager loss, and
+  the recipe's brain compiles the frozen classifier when it is set.
 
 Correctness only: the timings are the benchmark's (benchmarks/benchmark.py).
 """
 
 import copy
+import os
 
 import pytest
 import torch
@@ -18,6 +20,10 @@ from speechbrain.lobes.models.PIQ import VectorQuantizedPSI_Audio
 
 import chunked_decoder
 import fast_convt
+from conftest import ROOT, TINY_PIQ, classifier_args
+from experiment import make_brain, prepare_manifests, setup_experiment
+from pretrained import load_classifier
+from train_piq import PIQBrain
 
 CL = torch.channels_last
 
@@ -133,3 +139,39 @@ def test_compiled_psi_gives_the_eager_loss():
     expected = train(copy.deepcopy(psi), "l2i", hidden)[0]
     psi.compile(backend="aot_eager")
     assert train(psi, "l2i", hidden)[0] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("compile_flag", [False, True])
+def test_brain_applies_the_yaml_speed_options(
+    compile_flag, synthetic_data, trained_classifier, tmp_path
+):
+    """piq.yaml as train_piq.py builds it: psi's transposed convolutions get
+    the fast kernels, its decoder is chunked (``decoder_piece: 1``), and the
+    frozen classifier is compiled exactly when ``--compile`` is given
+    (speechbrain compiles psi itself when fit starts)."""
+    argv = [
+        os.path.join(ROOT, "hparams", "piq.yaml"),
+        "--data_folder",
+        str(synthetic_data),
+        "--output_folder",
+        str(tmp_path),
+        *map(str, classifier_args(trained_classifier)),
+        *TINY_PIQ,
+    ]
+    hparams, run_opts = setup_experiment(argv + ["--compile"] * compile_flag)
+    prepare_manifests(hparams)
+    load_classifier(hparams)
+    brain = make_brain(PIQBrain, hparams, run_opts)
+    assert hparams["fast_decoder"] and hparams["decoder_piece"] == 1
+    convs = [
+        m
+        for m in brain.modules.psi.modules()
+        if isinstance(m, torch.nn.ConvTranspose2d)
+    ]
+    assert convs and all(
+        type(m) is fast_convt.ConvTranspose2dCPU for m in convs
+    )
+    assert type(brain.modules.psi.decoder) is chunked_decoder.ChunkedDecoder
+    assert brain.compile is compile_flag
+    compiled = hparams["backbone"]._compiled_call_impl is not None
+    assert compiled is compile_flag
