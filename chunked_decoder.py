@@ -237,7 +237,8 @@ def tail_start(layers):
 class ChunkedDecoder(torch.nn.Sequential):
     """A decoder ``Sequential`` (same layers, same state_dict keys) whose
     last block runs ``piece`` clips at a time (see the module's docstring);
-    in evaluation, piece by piece."""
+    in evaluation, piece by piece; in fp32 only (under autocast, or with
+    another BatchNorm, the layers run as usual)."""
 
     def parts(self):
         """(the head's layers, [up, ReLU, BatchNorm2d, out])."""
@@ -247,7 +248,12 @@ class ChunkedDecoder(torch.nn.Sequential):
     def forward(self, x):
         """The layers in order, the last block and convolution in pieces."""
         (head, tail), rest = self.parts(), list(self)[self.tail_start + 4 :]
-        if type(tail[2]) is not torch.nn.BatchNorm2d:  # e.g. SyncBatchNorm
+        plain = (  # e.g. SyncBatchNorm, or bf16 autocast: speechbrain's way
+            type(tail[2]) is not torch.nn.BatchNorm2d
+            or x.dtype != torch.float32
+            or torch.is_autocast_enabled(x.device.type)
+        )
+        if plain:
             x = _apply(head + tail, x)
         elif tail[2].training:
             x = _Decoder.apply(x, self, *self.parameters())

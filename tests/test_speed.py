@@ -16,7 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.L2I import PsiOptimized
-from speechbrain.lobes.models.PIQ import VectorQuantizedPSI_Audio
+from speechbrain.lobes.models.PIQ import (
+    VectorQuantizedPSI_Audio,
+    VectorQuantizedPSIFocalNet_Audio,
+    VectorQuantizedPSIViT_Audio,
+)
 
 import chunked_decoder
 import fast_convt
@@ -52,6 +56,14 @@ def make_psi(method):
     """A narrow psi (8 channels); on a 2 x 32 map it gives 33 x 513 masks."""
     if method == "piq":
         return VectorQuantizedPSI_Audio(dim=8, K=12, numclasses=3)
+    if method in ("piq_vit", "piq_focalnet"):  # their adapters, as the YAMLs
+        psi_class = {
+            "piq_vit": VectorQuantizedPSIViT_Audio,
+            "piq_focalnet": VectorQuantizedPSIFocalNet_Audio,
+        }[method]
+        return psi_class(
+            dim=8, K=12, numclasses=3, use_adapter=True, adapter_reduce_dim=True
+        )
     return PsiOptimized(
         dim=8, K=10, numclasses=3, use_adapter=False, adapter_reduce_dim=False
     )
@@ -65,9 +77,9 @@ def train(psi, method, hidden, steps=2):
     optimizer = torch.optim.Adam(psi.parameters(), lr=1e-3)
     losses = []
     for step in range(steps):
-        out = psi(hidden, labels) if method == "piq" else psi(hidden)
+        out = psi(hidden) if method == "l2i" else psi(hidden, labels)
         loss = (out[0] - 0.1 * step).pow(2).mean() + 0.1 * out[0].abs().mean()
-        if method == "piq":
+        if method != "l2i":
             loss = (
                 loss + F.mse_loss(out[2], out[1]) + F.mse_loss(out[1], out[2])
             )
@@ -78,9 +90,9 @@ def train(psi, method, hidden, steps=2):
             state = copy.deepcopy(psi.state_dict())
             with torch.no_grad():
                 evaluation = (
-                    psi.eval()(hidden, labels)
-                    if method == "piq"
-                    else psi.eval()(hidden)
+                    psi.eval()(hidden)
+                    if method == "l2i"
+                    else psi.eval()(hidden, labels)
                 )
             psi.train()
         optimizer.step()
@@ -89,7 +101,7 @@ def train(psi, method, hidden, steps=2):
 
 
 @pytest.mark.parametrize("piece", [0, 2])
-@pytest.mark.parametrize("method", ["piq", "l2i"])
+@pytest.mark.parametrize("method", ["piq", "piq_vit", "piq_focalnet", "l2i"])
 def test_fast_decoder_matches_speechbrains(method, piece):
     """Same initial weights, contiguous tensors: losses within 1e-5, every
     gradient within 1e-3 of its largest value (1e-6: those of a bias before
@@ -175,3 +187,18 @@ def test_brain_applies_the_yaml_speed_options(
     assert brain.compile is compile_flag
     compiled = hparams["backbone"]._compiled_call_impl is not None
     assert compiled is compile_flag
+
+
+def test_bf16_autocast_runs_speechbrains_layers():
+    """Under bf16 autocast (``--precision bf16``) the fast, chunked decoder
+    falls back to speechbrain's own computation: the same losses and
+    gradients, bit for bit."""
+    torch.manual_seed(0)
+    psi = make_psi("l2i")
+    hidden = torch.randn(3, 8, 2, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = train(copy.deepcopy(psi), "l2i", hidden)
+        got = train(chunked_decoder.speed_up(psi, 2), "l2i", hidden)
+    assert got[0] == expected[0]
+    for name, grad in got[1].items():
+        assert torch.equal(grad, expected[1][name]), name
