@@ -24,6 +24,7 @@ from speechbrain.lobes.models.PIQ import (
 
 import chunked_decoder
 import fast_convt
+import mask_decoders
 from conftest import ROOT, TINY_PIQ, classifier_args
 from experiment import make_brain, prepare_manifests, setup_experiment
 from pretrained import load_classifier
@@ -56,6 +57,8 @@ def make_psi(method):
     """A narrow psi (8 channels); on a 2 x 32 map it gives 33 x 513 masks."""
     if method == "piq":
         return VectorQuantizedPSI_Audio(dim=8, K=12, numclasses=3)
+    if method == "lmac":
+        return mask_decoders.Conv2dMaskDecoder(dim=8)
     if method in ("piq_vit", "piq_focalnet"):  # their adapters, as the YAMLs
         psi_class = {
             "piq_vit": VectorQuantizedPSIViT_Audio,
@@ -69,6 +72,14 @@ def make_psi(method):
     )
 
 
+def call(psi, method, hidden, labels):
+    """psi's outputs, as a tuple whose first item is the mask (logits)."""
+    if method.startswith("piq"):
+        return psi(hidden, labels)
+    out = psi(hidden)
+    return out if isinstance(out, tuple) else (out,)
+
+
 def train(psi, method, hidden, steps=2):
     """``steps`` Adam steps on a loss of psi's output (and, for PIQ, its
     codebook terms). Returns the losses, and after the first step's backward
@@ -77,9 +88,9 @@ def train(psi, method, hidden, steps=2):
     optimizer = torch.optim.Adam(psi.parameters(), lr=1e-3)
     losses = []
     for step in range(steps):
-        out = psi(hidden) if method == "l2i" else psi(hidden, labels)
+        out = call(psi, method, hidden, labels)
         loss = (out[0] - 0.1 * step).pow(2).mean() + 0.1 * out[0].abs().mean()
-        if method != "l2i":
+        if method.startswith("piq"):
             loss = (
                 loss + F.mse_loss(out[2], out[1]) + F.mse_loss(out[1], out[2])
             )
@@ -89,11 +100,7 @@ def train(psi, method, hidden, steps=2):
             grads = {n: p.grad.clone() for n, p in psi.named_parameters()}
             state = copy.deepcopy(psi.state_dict())
             with torch.no_grad():
-                evaluation = (
-                    psi.eval()(hidden)
-                    if method == "l2i"
-                    else psi.eval()(hidden, labels)
-                )
+                evaluation = call(psi.eval(), method, hidden, labels)
             psi.train()
         optimizer.step()
         optimizer.zero_grad()
@@ -101,7 +108,9 @@ def train(psi, method, hidden, steps=2):
 
 
 @pytest.mark.parametrize("piece", [0, 2])
-@pytest.mark.parametrize("method", ["piq", "piq_vit", "piq_focalnet", "l2i"])
+@pytest.mark.parametrize(
+    "method", ["piq", "piq_vit", "piq_focalnet", "l2i", "lmac"]
+)
 def test_fast_decoder_matches_speechbrains(method, piece):
     """Same initial weights, contiguous tensors: losses within 1e-5, every
     gradient within 1e-3 of its largest value (1e-6: those of a bias before
