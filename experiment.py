@@ -42,6 +42,16 @@ class _PlainConstructor(SafeConstructor):
 
 
 _PlainConstructor.add_multi_constructor("!", lambda *args: None)
+
+
+def read_plain_yaml(source):
+    """A hyperpyyaml text or stream as a plain dict (``_PlainConstructor``:
+    tagged values are None), e.g. to read a key without building anything."""
+    plain = YAML(typ="safe", pure=True)
+    plain.Constructor = _PlainConstructor
+    return plain.load(source) or {}
+
+
 # type of a YAML value -> what a command-line value for its key must be
 _EXPECTED = (
     (bool, "True or False", (bool,)),
@@ -63,11 +73,9 @@ def check_overrides(hparams_file, overrides):
     overrides : str
         The command-line overrides as YAML (``sb.parse_arguments``).
     """
-    plain = YAML(typ="safe", pure=True)
-    plain.Constructor = _PlainConstructor
     with open(hparams_file, encoding="utf-8") as f:
-        defaults = plain.load(f) or {}
-    for key, value in (plain.load(overrides or "") or {}).items():
+        defaults = read_plain_yaml(f)
+    for key, value in read_plain_yaml(overrides or "").items():
         default = defaults.get(key)
         for kind, words, accepted in _EXPECTED:
             if not isinstance(default, kind):

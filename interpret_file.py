@@ -28,7 +28,6 @@ import argparse
 import importlib
 import logging
 import os
-import re
 import sys
 
 import speechbrain as sb
@@ -36,6 +35,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.logger import get_logger
 
+from experiment import read_plain_yaml
 from fileio import write_json
 from front_end import (
     interpretation_wavs,
@@ -103,7 +103,8 @@ class AudioInterpreter:
         with open(f"{folder}/hyperparams.yaml", encoding="utf-8") as f:
             text = f.read()
         # the run's paths, moved to where the folder is now
-        old = re.search(r"^output_folder: *(\S+)", text, re.M).group(1)
+        # (read as YAML: a long path is written on the line after its key)
+        old = str(read_plain_yaml(text)["output_folder"])
         text = text.replace(old, os.path.abspath(folder))
         # one's own recordings are interpreted as they are: no noise added
         clean = {"add_wham_noise": False, "eval_contamination": "none"}

@@ -132,6 +132,21 @@ def classifier_args(folder):
     ]
 
 
+def tiny_piq_argv(data, classifier, out, *extra):
+    """argv of a tiny piq.yaml run on ``data`` with the trained ``classifier``,
+    written to ``out``, then ``extra`` (all as strings)."""
+    return [
+        os.path.join(ROOT, "hparams", "piq.yaml"),
+        "--data_folder",
+        str(data),
+        "--output_folder",
+        str(out),
+        *classifier_args(classifier),
+        *TINY_PIQ,
+        *map(str, extra),
+    ]
+
+
 def replace_arg(args, key, value):
     """``args`` with the value of ``--key`` replaced (no duplicate keys)."""
     args = list(args)

@@ -2,11 +2,14 @@
 length, through a trained PIQ run (and the errors a user can meet)."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hyperpyyaml import resolve_references
 
 from conftest import classifier_args, run_piq, run_script
 from interpret_file import AudioInterpreter
@@ -179,3 +182,26 @@ def test_every_method_interprets_a_file(method, request, recordings, tmp_path):
     assert (mask.max(axis=1) > 0).any() and 0 <= mask.min() <= mask.max() <= 1
     wav, rate = sf.read(out / "long.wav" / "interpretation.wav")
     assert rate == 16000 and len(wav) == 16000 * 12
+
+
+def test_run_moved_to_a_long_path(piq_run, recordings, tmp_path):
+    """A run trained in a folder that no longer exists, moved to one whose
+    path is too long for one YAML line (speechbrain then writes it on the
+    line after ``output_folder:``): interpret_file.py finds the checkpoint
+    in the folder where the run now is."""
+    moved = tmp_path / ("a_folder_name_long_enough_to_fold_the_yaml_line_" * 2)
+    shutil.copytree(piq_run, moved)
+    text = (moved / "hyperparams.yaml").read_text()
+    text = text.replace(str(piq_run), str(moved / "elsewhere"))
+    # written as speechbrain writes a run's hyperparams.yaml
+    text = resolve_references(text).getvalue()
+    assert re.search(r"^output_folder: *\n +/", text, re.M)
+    (moved / "hyperparams.yaml").write_text(text)
+    run_script(
+        "interpret_file.py",
+        moved,
+        recordings / "short.wav",
+        "--output_folder",
+        tmp_path / "out",
+    )
+    assert (tmp_path / "out" / "short.wav" / "mask.npy").is_file()

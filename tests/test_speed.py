@@ -10,7 +10,6 @@ Correctness only: the timings are the benchmark's (benchmarks/benchmark.py).
 """
 
 import copy
-import os
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ from speechbrain.lobes.models.PIQ import (
 import chunked_decoder
 import fast_convt
 import mask_decoders
-from conftest import ROOT, TINY_PIQ, classifier_args
+from conftest import tiny_piq_argv
 from experiment import make_brain, prepare_manifests, setup_experiment
 from pretrained import load_classifier
 from train_piq import PIQBrain
@@ -170,15 +169,7 @@ def test_brain_applies_the_yaml_speed_options(
     the fast kernels, its decoder is chunked (``decoder_piece: 1``), and the
     frozen classifier is compiled exactly when ``--compile`` is given
     (speechbrain compiles psi itself when fit starts)."""
-    argv = [
-        os.path.join(ROOT, "hparams", "piq.yaml"),
-        "--data_folder",
-        str(synthetic_data),
-        "--output_folder",
-        str(tmp_path),
-        *map(str, classifier_args(trained_classifier)),
-        *TINY_PIQ,
-    ]
+    argv = tiny_piq_argv(synthetic_data, trained_classifier, tmp_path)
     hparams, run_opts = setup_experiment(argv + ["--compile"] * compile_flag)
     prepare_manifests(hparams)
     load_classifier(hparams)

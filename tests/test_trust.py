@@ -35,6 +35,7 @@ from conftest import (
     classifier_args,
     run_nmf,
     run_script,
+    tiny_piq_argv,
 )
 from experiment import (
     make_datasets,
@@ -403,19 +404,15 @@ def test_best_validation_checkpoint_is_tested(
     """3 epochs with validation losses 3, 1, 2: the test stage and a later
     --test_only both load the epoch-2 checkpoint (stored meta loss 1.0)."""
     out = tmp_path / "run"
-    argv = [
-        os.path.join(ROOT, "hparams", "piq.yaml"),
-        "--data_folder",
-        str(synthetic_data),
-        "--output_folder",
-        str(out),
-        *classifier_args(trained_classifier),
-        *TINY_PIQ,
+    argv = tiny_piq_argv(
+        synthetic_data,
+        trained_classifier,
+        out,
         "--number_of_epochs",
-        "3",
+        3,
         "--save_interpretations",
-        "False",
-    ]
+        False,
+    )
     brain = run_interpreter(ForcedValidLossPIQ, argv)
     train_log = (out / "train_log.txt").read_text()
     for epoch, loss in FORCED_VALID_LOSS.items():
