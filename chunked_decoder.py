@@ -25,7 +25,12 @@ Authors: the ESC-50 interpretability recipe developers.
 import torch
 import torch.nn.functional as F
 
-from fast_convt import ConvTranspose2dCPU, conv_transpose, conv_transpose_grads
+from fast_convt import (
+    ConvTranspose2dCPU,
+    conv_transpose,
+    conv_transpose_grads,
+    in_fp32,
+)
 
 
 def _apply(layers, x):
@@ -248,12 +253,8 @@ class ChunkedDecoder(torch.nn.Sequential):
     def forward(self, x):
         """The layers in order, the last block and convolution in pieces."""
         (head, tail), rest = self.parts(), list(self)[self.tail_start + 4 :]
-        plain = (  # e.g. SyncBatchNorm, or bf16 autocast: speechbrain's way
-            type(tail[2]) is not torch.nn.BatchNorm2d
-            or x.dtype != torch.float32
-            or torch.is_autocast_enabled(x.device.type)
-        )
-        if plain:
+        # e.g. SyncBatchNorm, or bf16 autocast: speechbrain's way
+        if type(tail[2]) is not torch.nn.BatchNorm2d or not in_fp32(x):
             x = _apply(head + tail, x)
         elif tail[2].training:
             x = _Decoder.apply(x, self, *self.parameters())

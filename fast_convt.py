@@ -23,6 +23,14 @@ import torch.nn.functional as F
 K4S2 = ((4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1)
 
 
+def in_fp32(x):
+    """Whether x is float32 and computed so (no autocast on its device): the
+    condition of every faster path here and in ``chunked_decoder``."""
+    return x.dtype == torch.float32 and not torch.is_autocast_enabled(
+        x.device.type
+    )
+
+
 def geometry(conv):
     """(kernel, stride, padding, output padding, dilation, groups) of a
     ConvTranspose2d, as in ``K4S2``."""
@@ -130,11 +138,6 @@ class ConvTranspose2dCPU(torch.nn.ConvTranspose2d):
 
     def forward(self, x, output_size=None):
         """Transposed convolution of x [B, Ci, H, W]."""
-        if (
-            output_size is not None
-            or x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or torch.is_autocast_enabled("cpu")
-        ):
+        if output_size is not None or x.device.type != "cpu" or not in_fp32(x):
             return super().forward(x, output_size)
         return _ConvTranspose.apply(x, self.weight, self.bias, self)
