@@ -63,14 +63,27 @@ def _add(grads, param, grad):
     grads[param] = grads.get(param, 0) + grad
 
 
+def _channel_sums(y, rows=4096):
+    """Per-channel sum and sum of squares of y [B, C, H, W], float64. On a
+    channels_last y the squares are summed ``rows`` pixels at a time, so that
+    no full-size temporary is allocated."""
+    if not y.is_contiguous(memory_format=torch.channels_last):
+        return y.sum((0, 2, 3)).double(), (y * y).sum((0, 2, 3)).double()
+    pixels = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])  # a view
+    squares = sum(
+        block.square().sum(0).double() for block in pixels.split(rows)
+    )
+    return pixels.sum(0).double(), squares
+
+
 def _batch_norm(bn, ys):
     """Training-mode statistics of ``bn`` over the pieces ``ys`` together:
     updates its running statistics as ``BatchNorm2d`` does and returns the
     batch mean, 1 / sqrt(var + eps) and the count per channel."""
     count = sum(y.numel() // y.shape[1] for y in ys)
-    mean = sum(y.sum((0, 2, 3)).double() for y in ys) / count
-    squares = sum((y * y).sum((0, 2, 3)).double() for y in ys)
-    var = squares / count - mean**2
+    sums = [_channel_sums(y) for y in ys]
+    mean = sum(s for s, _ in sums) / count
+    var = sum(q for _, q in sums) / count - mean**2
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum
     if momentum is None:  # cumulative average
@@ -79,6 +92,18 @@ def _batch_norm(bn, ys):
     bn.running_mean.mul_(1 - momentum).add_(momentum * mean.float())
     bn.running_var.mul_(1 - momentum).add_(momentum * unbiased.float())
     return mean.float(), torch.rsqrt(var.float() + bn.eps), count
+
+
+def _out_of_affine(out, y, a, c, bias):
+    """``out`` (one output channel) at z = a y + c without z:
+    out(z) = out_{W a}(y) + out_{sum_i c_i W_i}(1) + bias, the second term the
+    same map for every clip."""
+    ones = y.new_ones(1, 1, *y.shape[-2:])
+    weight_c = (out.weight * c.view(-1, 1, 1, 1)).sum(0, keepdim=True)
+    const = conv_transpose(out, ones, weight_c, bias)
+    return conv_transpose(out, y, out.weight * a.view(-1, 1, 1, 1), None).add_(
+        const
+    )
 
 
 class _Decoder(torch.autograd.Function):
@@ -95,15 +120,10 @@ class _Decoder(torch.autograd.Function):
                 for piece in x.split(decoder.piece)
             ]
             mean, invstd, count = _batch_norm(bn, ys)
-            scale = bn.weight * invstd
-            a, c = _per_channel(scale, bn.bias - mean * scale)
+            a = bn.weight * invstd  # bn(y) = a y + c per channel
+            c = bn.bias - mean * a
             result = torch.cat(
-                [
-                    conv_transpose(
-                        out, torch.addcmul(c, y, a), out.weight, out.bias
-                    )
-                    for y in ys
-                ]
+                [_out_of_affine(out, y, a, c, out.bias) for y in ys]
             )
         ctx.save_for_backward(h, mean, invstd, a, c)
         ctx.decoder, ctx.x, ctx.ys, ctx.count = decoder, x, ys, count
@@ -126,29 +146,32 @@ class _Decoder(torch.autograd.Function):
 
 def _tail_backward(ctx, g, mean, invstd, a, c, grads):
     """Gradients of the last block's and the last convolution's parameters
-    (into ``grads``) and of the head's output x, piece by piece."""
+    (into ``grads``) and of the head's output x, piece by piece.
+
+    With z = a y + c the BatchNorm output, W out's weight [C, 1, k, k] and
+    gz = out's input gradient (gz_i = sum_k W_ik g(. + k)):
+    * out's weight gradient is a G_y + c S, G_y the weight gradient at y and
+      S the one at an all-ones map;
+    * BatchNorm needs sum(gz_i) = sum_k W_ik S_k and
+      sum(gz_i y_i) = sum_k W_ik G_y,ik, so gz itself is computed once, in
+      the second pass, and with the weight W a directly as a gz."""
     decoder, ys = ctx.decoder, ctx.ys
     _, (up, _, bn, out) = decoder.parts()
     gs = g.split(decoder.piece)
-
-    def grad_z(i):
-        """Gradient at out's input z = bn(y), for piece i."""
-        return conv_transpose_grads(
-            out, ys[i], out.weight, gs[i], need_w=False
-        )[0]
-
     # pass 1: out's gradients and the sums BatchNorm's backward needs
-    sum_gz, sum_gz_y = 0, 0
-    for i in range(len(ys)):
-        gz = grad_z(i)
-        sum_gz = sum_gz + gz.sum((0, 2, 3)).double()
-        sum_gz_y = sum_gz_y + gz.mul_(ys[i]).sum((0, 2, 3)).double()
-        del gz
-        z = torch.addcmul(c, ys[i], a)
-        _, gw, gb = conv_transpose_grads(out, z, out.weight, gs[i], False)
-        del z
-        _add(grads, out.weight, gw)
-        _add(grads, out.bias, gb)
+    ones = ys[0].new_ones(1, 1, *ys[0].shape[-2:])
+    _, S, g_bias = conv_transpose_grads(
+        out, ones, out.weight[:1], g.sum(0, keepdim=True), need_x=False
+    )
+    G_y = sum(
+        conv_transpose_grads(out, y, out.weight, gi, need_x=False)[1]
+        for y, gi in zip(ys, gs)
+    )
+    _add(grads, out.weight, a.view(-1, 1, 1, 1) * G_y + c.view(-1, 1, 1, 1) * S)
+    _add(grads, out.bias, g_bias)
+    W = out.weight.flatten(1).double()
+    sum_gz = W @ S.flatten().double()
+    sum_gz_y = (W * G_y.flatten(1).double()).sum(1)
     # BatchNorm: g_gamma = sum gz xhat, g_beta = sum gz, and
     # g_y = a (gz - g_beta / N - xhat g_gamma / N) = a gz + k_y y + k_0
     g_beta = sum_gz.float()
@@ -160,10 +183,14 @@ def _tail_backward(ctx, g, mean, invstd, a, c, grads):
         -scale * invstd * g_gamma, -scale * (g_beta - mean * invstd * g_gamma)
     )
     # pass 2: through BatchNorm, the ReLU and up, piece by piece
+    weight_a = out.weight * a.view(-1, 1, 1, 1)
     gx, start = torch.empty_like(ctx.x), 0
     for i, piece in enumerate(ctx.x.split(decoder.piece)):
-        gy = grad_z(i).mul_(a).addcmul_(ys[i], k_y).add_(k_0)
-        gy = torch.ops.aten.threshold_backward(gy, ys[i], 0)  # the ReLU
+        gy = conv_transpose_grads(out, ys[i], weight_a, gs[i], need_w=False)[0]
+        gy.addcmul_(ys[i], k_y).add_(k_0)  # all in place: no new full map
+        torch.ops.aten.threshold_backward.grad_input(
+            gy, ys[i], 0, grad_input=gy
+        )
         ys[i] = None  # frees the piece
         gpiece, gw, gb = conv_transpose_grads(up, piece, up.weight, gy)
         del gy
@@ -258,9 +285,16 @@ class ChunkedDecoder(torch.nn.Sequential):
             x = _apply(head + tail, x)
         elif tail[2].training:
             x = _Decoder.apply(x, self, *self.parameters())
-        else:
-            x = _apply(head, x)
-            x = torch.cat([_apply(tail, p) for p in x.split(self.piece)])
+        else:  # BatchNorm with its running statistics: bn(y) = a y + c
+            up, relu, bn, out = tail
+            a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            c = bn.bias - bn.running_mean * a
+            x = torch.cat(
+                [
+                    _out_of_affine(out, relu(up(p)), a, c, out.bias)
+                    for p in _apply(head, x).split(self.piece)
+                ]
+            )
         return _apply(rest, x)
 
 
