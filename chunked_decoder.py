@@ -5,14 +5,17 @@ A decoder is a ``Sequential`` of [ConvTranspose2d, ReLU, BatchNorm2d] blocks
 and a last ConvTranspose2d to one channel. Trained as usual, autograd keeps
 the ReLU and BatchNorm outputs of every block, at full resolution two
 [B, 256, 408, 504] maps of 3.4 GB each at batch 16. ``ChunkedDecoder``
-keeps the head's input and output and the last block's ReLU output only:
+keeps the head's input, the ReLU output r of the head's last block and the
+last block's ReLU output y only:
 
-* forward: the head (every block but the last) without autograd; the last
-  block's y = relu(up(x)) in pieces of ``piece`` clips; BatchNorm's
-  statistics over the whole batch; the output piece by piece;
-* backward: BatchNorm's sums over all pieces, then the gradients piece by
-  piece (a piece of y is freed once used); then the head, recomputed with
-  autograd (its BatchNorm layers with the same batch statistics, the
+* forward: the head without autograd; the last block's y = relu(up(x)) in
+  pieces of ``piece`` clips, x = bn3(r) = a3 r + c3 made piece by piece;
+  BatchNorm's statistics over the whole batch; the output piece by piece,
+  with that BatchNorm folded into the last convolution (never materialised);
+* backward: BatchNorm's sums over all pieces from two weight gradients,
+  then the gradients piece by piece (a piece of y is freed once used); the
+  head's last block by hand from r; the layers before it recomputed with
+  autograd (their BatchNorm layers with the same batch statistics, the
   running statistics updated once) and differentiated.
 
 ``speed_up(module, piece)`` gives every decoder of ``module`` this and the
@@ -106,18 +109,37 @@ def _out_of_affine(out, y, a, c, bias):
     )
 
 
+def _affine(r, a, c):
+    """a r + c per channel ([C] a and c), or r itself when a is None."""
+    if a is None:
+        return r
+    return torch.addcmul(c.view(1, -1, 1, 1), r, a.view(1, -1, 1, 1))
+
+
 class _Decoder(torch.autograd.Function):
     """A ``ChunkedDecoder``'s layers up to its last convolution, in
     training (see the module's docstring)."""
 
     @staticmethod
     def forward(ctx, h, decoder, *params):
-        head, (up, _, bn, out) = decoder.parts()
+        body, last, (up, _, bn, out) = decoder.parts()
+        ctx.head, ctx.bn3 = None, (None, None)  # x = a3 r + c3
         with torch.no_grad():
-            x = _apply(head, h)  # updates the head's running statistics
+            r = _apply(body, h)  # updates body's running statistics
+            if last:  # r = relu(conv3(body(h))), x = bn3(r)
+                conv3, _, bn3 = last
+                r = conv_transpose(conv3, r, conv3.weight, conv3.bias).relu_()
+                mean3, invstd3, _ = _batch_norm(bn3, [r])
+                a3 = bn3.weight * invstd3
+                ctx.head, ctx.bn3 = (
+                    (mean3, invstd3),
+                    (a3, bn3.bias - mean3 * a3),
+                )
             ys = [
-                conv_transpose(up, piece, up.weight, up.bias).relu_()
-                for piece in x.split(decoder.piece)
+                conv_transpose(
+                    up, _affine(x, *ctx.bn3), up.weight, up.bias
+                ).relu_()
+                for x in r.split(decoder.piece)
             ]
             mean, invstd, count = _batch_norm(bn, ys)
             a = bn.weight * invstd  # bn(y) = a y + c per channel
@@ -126,7 +148,7 @@ class _Decoder(torch.autograd.Function):
                 [_out_of_affine(out, y, a, c, out.bias) for y in ys]
             )
         ctx.save_for_backward(h, mean, invstd, a, c)
-        ctx.decoder, ctx.x, ctx.ys, ctx.count = decoder, x, ys, count
+        ctx.decoder, ctx.r, ctx.ys, ctx.count = decoder, r, ys, count
         return result
 
     @staticmethod
@@ -134,8 +156,8 @@ class _Decoder(torch.autograd.Function):
         h, mean, invstd, a, c = ctx.saved_tensors
         grads = {}
         gx = _tail_backward(ctx, g, mean, invstd, a, c, grads)
-        del ctx.x, ctx.ys  # freed before the head's recomputation
-        g_h = _head_backward(ctx.decoder, h, gx, ctx.needs_input_grad[0], grads)
+        del ctx.ys
+        g_h = _head_backward(ctx, h, gx, ctx.needs_input_grad[0], grads)
         params = zip(ctx.decoder.parameters(), ctx.needs_input_grad[2:])
         return (
             g_h,
@@ -156,7 +178,7 @@ def _tail_backward(ctx, g, mean, invstd, a, c, grads):
       sum(gz_i y_i) = sum_k W_ik G_y,ik, so gz itself is computed once, in
       the second pass, and with the weight W a directly as a gz."""
     decoder, ys = ctx.decoder, ctx.ys
-    _, (up, _, bn, out) = decoder.parts()
+    _, _, (up, _, bn, out) = decoder.parts()
     gs = g.split(decoder.piece)
     # pass 1: out's gradients and the sums BatchNorm's backward needs
     ones = ys[0].new_ones(1, 1, *ys[0].shape[-2:])
@@ -184,8 +206,9 @@ def _tail_backward(ctx, g, mean, invstd, a, c, grads):
     )
     # pass 2: through BatchNorm, the ReLU and up, piece by piece
     weight_a = out.weight * a.view(-1, 1, 1, 1)
-    gx, start = torch.empty_like(ctx.x), 0
-    for i, piece in enumerate(ctx.x.split(decoder.piece)):
+    gx, start = torch.empty_like(ctx.r), 0
+    for i, piece in enumerate(ctx.r.split(decoder.piece)):
+        piece = _affine(piece, *ctx.bn3)
         gy = conv_transpose_grads(out, ys[i], weight_a, gs[i], need_w=False)[0]
         gy.addcmul_(ys[i], k_y).add_(k_0)  # all in place: no new full map
         torch.ops.aten.threshold_backward.grad_input(
@@ -201,37 +224,41 @@ def _tail_backward(ctx, g, mean, invstd, a, c, grads):
     return gx
 
 
-def _head_backward(decoder, h, gx, need_h, grads):
-    """The head recomputed from h with autograd and differentiated for the
-    gradient gx at its output (its parameters' gradients into ``grads``);
-    returns h's gradient if ``need_h``. Its last ReLU and BatchNorm2d are
-    differentiated by hand, so that their outputs are not kept."""
-    head, _ = decoder.parts()
-    if not head:
+def _head_backward(ctx, h, gx, need_h, grads):
+    """The head's gradients (into ``grads``) for the gradient gx at its
+    output x; returns h's gradient if ``need_h``. Its last block
+    x = bn3(relu(conv3(x2))) is differentiated by hand from the kept
+    r = relu(conv3(x2)); the layers before it (x2 = body(h)) are recomputed
+    with autograd, their BatchNorm layers with the batch statistics."""
+    body, last, _ = ctx.decoder.parts()
+    if not last:
         return gx
-    *body, _, bn = head
+    conv3, _, bn3 = last
+    mean3, invstd3 = ctx.head
+    r = ctx.r
+    del ctx.r
+    gr, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+        gx, r, bn3.weight, None, None, mean3, invstd3, True, bn3.eps, [True] * 3
+    )
+    del gx
+    _add(grads, bn3.weight, g_gamma)
+    _add(grads, bn3.bias, g_beta)
+    torch.ops.aten.threshold_backward.grad_input(gr, r, 0, grad_input=gr)
+    del r
     wanted = [
         p for layer in body for p in layer.parameters() if p.requires_grad
     ]
     with torch.enable_grad():
         h = h.detach().requires_grad_(need_h)
-        p = _with_batch_stats(body, h)
-    r = torch.relu(p.detach())
-    mean, invstd = torch.ops.aten.native_batch_norm(  # the forward's figures
-        r, bn.weight, bn.bias, None, None, True, 0.0, bn.eps
-    )[1:]
-    gr, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-        gx, r, bn.weight, None, None, mean, invstd, True, bn.eps, [True] * 3
-    )
-    del gx
-    _add(grads, bn.weight, g_gamma)
-    _add(grads, bn.bias, g_beta)
-    gp = torch.ops.aten.threshold_backward(gr, r, 0)
-    del gr, r
+        x2 = _with_batch_stats(body, h)
+    g_x2, gw, gb = conv_transpose_grads(conv3, x2.detach(), conv3.weight, gr)
+    del gr
+    _add(grads, conv3.weight, gw)
+    _add(grads, conv3.bias, gb)
     inputs = ([h] if need_h else []) + wanted
-    if not inputs:
-        return None
-    found = torch.autograd.grad(p, inputs, gp, allow_unused=True)
+    if not body or not inputs:
+        return g_x2 if need_h else None
+    found = torch.autograd.grad(x2, inputs, g_x2, allow_unused=True)
     for param, grad in zip(wanted, found[len(found) - len(wanted) :]):
         if grad is not None:
             _add(grads, param, grad)
@@ -273,15 +300,28 @@ class ChunkedDecoder(torch.nn.Sequential):
     another BatchNorm, the layers run as usual)."""
 
     def parts(self):
-        """(the head's layers, [up, ReLU, BatchNorm2d, out])."""
+        """(the head's layers but its last block, the head's last block
+        [conv3, ReLU, BatchNorm2d] or [] when the head is empty,
+        [up, ReLU, BatchNorm2d, out])."""
         layers, start = list(self), self.tail_start
-        return layers[:start], layers[start : start + 4]
+        body_end = max(start - 3, 0)
+        return (
+            layers[:body_end],
+            layers[body_end:start],
+            layers[start : start + 4],
+        )
 
     def forward(self, x):
         """The layers in order, the last block and convolution in pieces."""
-        (head, tail), rest = self.parts(), list(self)[self.tail_start + 4 :]
+        body, last, tail = self.parts()
+        head, rest = body + last, list(self)[self.tail_start + 4 :]
+        norms = [
+            layer for layer in last + tail if "Norm" in type(layer).__name__
+        ]
         # e.g. SyncBatchNorm, or bf16 autocast: speechbrain's way
-        if type(tail[2]) is not torch.nn.BatchNorm2d or not in_fp32(x):
+        if any(
+            type(n) is not torch.nn.BatchNorm2d for n in norms
+        ) or not in_fp32(x):
             x = _apply(head + tail, x)
         elif tail[2].training:
             x = _Decoder.apply(x, self, *self.parameters())
