@@ -97,16 +97,20 @@ def _batch_norm(bn, ys):
     return mean.float(), torch.rsqrt(var.float() + bn.eps), count
 
 
-def _out_of_affine(out, y, a, c, bias):
-    """``out`` (one output channel) at z = a y + c without z:
-    out(z) = out_{W a}(y) + out_{sum_i c_i W_i}(1) + bias, the second term the
-    same map for every clip."""
-    ones = y.new_ones(1, 1, *y.shape[-2:])
+def _out_of_affine(out, ys, a, c, bias):
+    """``out`` (one output channel) at z = a y + c for each piece y of
+    ``ys`` (an iterable), concatenated, without z:
+    out(z) = out_{W a}(y) + out_{sum_i c_i W_i}(1) + bias, the second term
+    one map for every clip, computed once."""
+    weight_a = out.weight * a.view(-1, 1, 1, 1)
     weight_c = (out.weight * c.view(-1, 1, 1, 1)).sum(0, keepdim=True)
-    const = conv_transpose(out, ones, weight_c, bias)
-    return conv_transpose(out, y, out.weight * a.view(-1, 1, 1, 1), None).add_(
-        const
-    )
+    results, const = [], None
+    for y in ys:
+        if const is None:
+            ones = y.new_ones(1, 1, *y.shape[-2:])
+            const = conv_transpose(out, ones, weight_c, bias)
+        results.append(conv_transpose(out, y, weight_a, None).add_(const))
+    return torch.cat(results)
 
 
 def _affine(r, a, c):
@@ -144,9 +148,7 @@ class _Decoder(torch.autograd.Function):
             mean, invstd, count = _batch_norm(bn, ys)
             a = bn.weight * invstd  # bn(y) = a y + c per channel
             c = bn.bias - mean * a
-            result = torch.cat(
-                [_out_of_affine(out, y, a, c, out.bias) for y in ys]
-            )
+            result = _out_of_affine(out, ys, a, c, out.bias)
         ctx.save_for_backward(h, mean, invstd, a, c)
         ctx.decoder, ctx.r, ctx.ys, ctx.count = decoder, r, ys, count
         return result
@@ -329,12 +331,9 @@ class ChunkedDecoder(torch.nn.Sequential):
             up, relu, bn, out = tail
             a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
             c = bn.bias - bn.running_mean * a
-            x = torch.cat(
-                [
-                    _out_of_affine(out, relu(up(p)), a, c, out.bias)
-                    for p in _apply(head, x).split(self.piece)
-                ]
-            )
+            pieces = _apply(head, x).split(self.piece)
+            ys = (relu(up(piece)) for piece in pieces)
+            x = _out_of_affine(out, ys, a, c, out.bias)
         return _apply(rest, x)
 
 
