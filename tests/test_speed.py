@@ -52,6 +52,27 @@ def test_k4s2_weight_grad_is_atens(layout):
     assert relative(got, expected) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "shape, kernel, padding",
+    [
+        ((1, 16, 70, 9), 12, 1),
+        ((3, 8, 5, 40), (3, 5), (0, 2)),
+        ((2, 4, 33, 1), 1, 0),
+    ],
+)
+def test_one_output_channel_in_row_blocks_is_atens(shape, kernel, padding):
+    """The one-output-channel transposed convolution of channels_last data,
+    made 32 input rows at a time (the last block shorter), equals ATen's."""
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(shape[1], 1, kernel, 1, padding)
+    x = torch.randn(shape).contiguous(memory_format=CL)
+    with torch.no_grad():
+        got = fast_convt.conv_transpose(conv, x, conv.weight, conv.bias)
+        expected = F.conv_transpose2d(x, conv.weight, conv.bias, 1, padding)
+    assert got.shape == expected.shape
+    assert relative(got, expected) < 1e-5
+
+
 def make_psi(method):
     """A narrow psi (8 channels); on a 2 x 32 map it gives 33 x 513 masks."""
     if method == "piq":
