@@ -18,6 +18,7 @@ last block's ReLU output y only:
   autograd (their BatchNorm layers with the same batch statistics, the
   running statistics updated once) and differentiated.
 
+The arithmetic of the folded BatchNorm is ``folded_batchnorm``'s.
 ``speed_up(module, piece)`` gives every decoder of ``module`` this and the
 faster kernels of ``fast_convt``, without changing parameters, buffers or
 state_dict keys.
@@ -33,6 +34,14 @@ from fast_convt import (
     conv_transpose,
     conv_transpose_grads,
     in_fp32,
+)
+from folded_batchnorm import (
+    affine,
+    batch_norm_gradients,
+    batch_statistics,
+    out_gradients,
+    out_of_affine,
+    through_relu_and_norm,
 )
 
 
@@ -56,68 +65,9 @@ def _with_batch_stats(layers, x):
     return x
 
 
-def _per_channel(*values):
-    """[C] tensors as [1, C, 1, 1] float32."""
-    return [value.float().view(1, -1, 1, 1) for value in values]
-
-
 def _add(grads, param, grad):
     """Accumulates ``grad`` into ``grads[param]``."""
     grads[param] = grads.get(param, 0) + grad
-
-
-def _channel_sums(y, rows=4096):
-    """Per-channel sum and sum of squares of y [B, C, H, W], float64. On a
-    channels_last y the squares are summed ``rows`` pixels at a time, so that
-    no full-size temporary is allocated."""
-    if not y.is_contiguous(memory_format=torch.channels_last):
-        return y.sum((0, 2, 3)).double(), (y * y).sum((0, 2, 3)).double()
-    pixels = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])  # a view
-    squares = sum(
-        block.square().sum(0).double() for block in pixels.split(rows)
-    )
-    return pixels.sum(0).double(), squares
-
-
-def _batch_norm(bn, ys):
-    """Training-mode statistics of ``bn`` over the pieces ``ys`` together:
-    updates its running statistics as ``BatchNorm2d`` does and returns the
-    batch mean, 1 / sqrt(var + eps) and the count per channel."""
-    count = sum(y.numel() // y.shape[1] for y in ys)
-    sums = [_channel_sums(y) for y in ys]
-    mean = sum(s for s, _ in sums) / count
-    var = sum(q for _, q in sums) / count - mean**2
-    bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum
-    if momentum is None:  # cumulative average
-        momentum = 1 / float(bn.num_batches_tracked)
-    unbiased = var * count / max(count - 1, 1)
-    bn.running_mean.mul_(1 - momentum).add_(momentum * mean.float())
-    bn.running_var.mul_(1 - momentum).add_(momentum * unbiased.float())
-    return mean.float(), torch.rsqrt(var.float() + bn.eps), count
-
-
-def _out_of_affine(out, ys, a, c, bias):
-    """``out`` (one output channel) at z = a y + c for each piece y of
-    ``ys`` (an iterable), concatenated, without z:
-    out(z) = out_{W a}(y) + out_{sum_i c_i W_i}(1) + bias, the second term
-    one map for every clip, computed once."""
-    weight_a = out.weight * a.view(-1, 1, 1, 1)
-    weight_c = (out.weight * c.view(-1, 1, 1, 1)).sum(0, keepdim=True)
-    results, const = [], None
-    for y in ys:
-        if const is None:
-            ones = y.new_ones(1, 1, *y.shape[-2:])
-            const = conv_transpose(out, ones, weight_c, bias)
-        results.append(conv_transpose(out, y, weight_a, None).add_(const))
-    return torch.cat(results)
-
-
-def _affine(r, a, c):
-    """a r + c per channel ([C] a and c), or r itself when a is None."""
-    if a is None:
-        return r
-    return torch.addcmul(c.view(1, -1, 1, 1), r, a.view(1, -1, 1, 1))
 
 
 class _Decoder(torch.autograd.Function):
@@ -133,7 +83,7 @@ class _Decoder(torch.autograd.Function):
             if last:  # r = relu(conv3(body(h))), x = bn3(r)
                 conv3, _, bn3 = last
                 r = conv_transpose(conv3, r, conv3.weight, conv3.bias).relu_()
-                mean3, invstd3, _ = _batch_norm(bn3, [r])
+                mean3, invstd3, _ = batch_statistics(bn3, [r])
                 a3 = bn3.weight * invstd3
                 ctx.head, ctx.bn3 = (
                     (mean3, invstd3),
@@ -141,14 +91,14 @@ class _Decoder(torch.autograd.Function):
                 )
             ys = [
                 conv_transpose(
-                    up, _affine(x, *ctx.bn3), up.weight, up.bias
+                    up, affine(x, *ctx.bn3), up.weight, up.bias
                 ).relu_()
                 for x in r.split(decoder.piece)
             ]
-            mean, invstd, count = _batch_norm(bn, ys)
+            mean, invstd, count = batch_statistics(bn, ys)
             a = bn.weight * invstd  # bn(y) = a y + c per channel
             c = bn.bias - mean * a
-            result = _out_of_affine(out, ys, a, c, out.bias)
+            result = out_of_affine(out, ys, a, c, out.bias)
         ctx.save_for_backward(h, mean, invstd, a, c)
         ctx.decoder, ctx.r, ctx.ys, ctx.count = decoder, r, ys, count
         return result
@@ -170,53 +120,27 @@ class _Decoder(torch.autograd.Function):
 
 def _tail_backward(ctx, g, mean, invstd, a, c, grads):
     """Gradients of the last block's and the last convolution's parameters
-    (into ``grads``) and of the head's output x, piece by piece.
-
-    With z = a y + c the BatchNorm output, W out's weight [C, 1, k, k] and
-    gz = out's input gradient (gz_i = sum_k W_ik g(. + k)):
-    * out's weight gradient is a G_y + c S, G_y the weight gradient at y and
-      S the one at an all-ones map;
-    * BatchNorm needs sum(gz_i) = sum_k W_ik S_k and
-      sum(gz_i y_i) = sum_k W_ik G_y,ik, so gz itself is computed once, in
-      the second pass, and with the weight W a directly as a gz."""
+    (into ``grads``) and of the head's output x, piece by piece (the
+    arithmetic is ``folded_batchnorm``'s)."""
     decoder, ys = ctx.decoder, ctx.ys
     _, _, (up, _, bn, out) = decoder.parts()
-    gs = g.split(decoder.piece)
     # pass 1: out's gradients and the sums BatchNorm's backward needs
-    ones = ys[0].new_ones(1, 1, *ys[0].shape[-2:])
-    _, S, g_bias = conv_transpose_grads(
-        out, ones, out.weight[:1], g.sum(0, keepdim=True), need_x=False
-    )
-    G_y = sum(
-        conv_transpose_grads(out, y, out.weight, gi, need_x=False)[1]
-        for y, gi in zip(ys, gs)
-    )
-    _add(grads, out.weight, a.view(-1, 1, 1, 1) * G_y + c.view(-1, 1, 1, 1) * S)
+    g_weight, g_bias, *sums = out_gradients(out, ys, g, a, c)
+    _add(grads, out.weight, g_weight)
     _add(grads, out.bias, g_bias)
-    W = out.weight.flatten(1).double()
-    sum_gz = W @ S.flatten().double()
-    sum_gz_y = (W * G_y.flatten(1).double()).sum(1)
-    # BatchNorm: g_gamma = sum gz xhat, g_beta = sum gz, and
-    # g_y = a (gz - g_beta / N - xhat g_gamma / N) = a gz + k_y y + k_0
-    g_beta = sum_gz.float()
-    g_gamma = ((sum_gz_y - mean.double() * sum_gz) * invstd.double()).float()
+    g_gamma, g_beta, k_y, k_0 = batch_norm_gradients(
+        bn, mean, invstd, ctx.count, *sums
+    )
     _add(grads, bn.weight, g_gamma)
     _add(grads, bn.bias, g_beta)
-    scale = bn.weight * invstd / ctx.count
-    k_y, k_0 = _per_channel(
-        -scale * invstd * g_gamma, -scale * (g_beta - mean * invstd * g_gamma)
-    )
     # pass 2: through BatchNorm, the ReLU and up, piece by piece
     weight_a = out.weight * a.view(-1, 1, 1, 1)
     gx, start = torch.empty_like(ctx.r), 0
+    gs = g.split(decoder.piece)
     for i, piece in enumerate(ctx.r.split(decoder.piece)):
-        piece = _affine(piece, *ctx.bn3)
-        gy = conv_transpose_grads(out, ys[i], weight_a, gs[i], need_w=False)[0]
-        gy.addcmul_(ys[i], k_y).add_(k_0)  # all in place: no new full map
-        torch.ops.aten.threshold_backward.grad_input(
-            gy, ys[i], 0, grad_input=gy
-        )
+        gy = through_relu_and_norm(out, ys[i], gs[i], weight_a, k_y, k_0)
         ys[i] = None  # frees the piece
+        piece = affine(piece, *ctx.bn3)
         gpiece, gw, gb = conv_transpose_grads(up, piece, up.weight, gy)
         del gy
         gx[start : start + len(piece)] = gpiece
@@ -333,7 +257,7 @@ class ChunkedDecoder(torch.nn.Sequential):
             c = bn.bias - bn.running_mean * a
             pieces = _apply(head, x).split(self.piece)
             ys = (relu(up(piece)) for piece in pieces)
-            x = _out_of_affine(out, ys, a, c, out.bias)
+            x = out_of_affine(out, ys, a, c, out.bias)
         return _apply(rest, x)
 
 
