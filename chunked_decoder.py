@@ -33,6 +33,7 @@ from fast_convt import (
     ConvTranspose2dCPU,
     conv_transpose,
     conv_transpose_grads,
+    eager,
     in_fp32,
 )
 from folded_batchnorm import (
@@ -240,25 +241,31 @@ class ChunkedDecoder(torch.nn.Sequential):
     def forward(self, x):
         """The layers in order, the last block and convolution in pieces."""
         body, last, tail = self.parts()
-        head, rest = body + last, list(self)[self.tail_start + 4 :]
         norms = [
             layer for layer in last + tail if "Norm" in type(layer).__name__
         ]
         # e.g. SyncBatchNorm, or bf16 autocast: speechbrain's way
-        if any(
-            type(n) is not torch.nn.BatchNorm2d for n in norms
-        ) or not in_fp32(x):
-            x = _apply(head + tail, x)
-        elif tail[2].training:
-            x = _Decoder.apply(x, self, *self.parameters())
-        else:  # BatchNorm with its running statistics: bn(y) = a y + c
-            up, relu, bn, out = tail
-            a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            c = bn.bias - bn.running_mean * a
-            pieces = _apply(head, x).split(self.piece)
-            ys = (relu(up(piece)) for piece in pieces)
-            x = out_of_affine(out, ys, a, c, out.bias)
-        return _apply(rest, x)
+        if any(type(n) is not torch.nn.BatchNorm2d for n in norms):
+            x = _apply(body + last + tail, x)
+        elif not in_fp32(x):
+            x = _apply(body + last + tail, x)
+        else:
+            x = self._in_pieces(x)
+        return _apply(list(self)[self.tail_start + 4 :], x)
+
+    @eager
+    def _in_pieces(self, x):
+        """The head and the last block, in fp32 (see the module's
+        docstring); in evaluation bn(y) = a y + c with its running
+        statistics."""
+        body, last, (up, relu, bn, out) = self.parts()
+        if bn.training:
+            return _Decoder.apply(x, self, *self.parameters())
+        a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        c = bn.bias - bn.running_mean * a
+        pieces = _apply(body + last, x).split(self.piece)
+        ys = (relu(up(piece)) for piece in pieces)
+        return out_of_affine(out, ys, a, c, out.bias)
 
 
 def speed_up(module, piece=0):
