@@ -241,16 +241,11 @@ class ChunkedDecoder(torch.nn.Sequential):
     def forward(self, x):
         """The layers in order, the last block and convolution in pieces."""
         body, last, tail = self.parts()
-        norms = [
-            layer for layer in last + tail if "Norm" in type(layer).__name__
-        ]
-        # e.g. SyncBatchNorm, or bf16 autocast: speechbrain's way
-        if any(type(n) is not torch.nn.BatchNorm2d for n in norms):
-            x = _apply(body + last + tail, x)
-        elif not in_fp32(x):
-            x = _apply(body + last + tail, x)
-        else:
+        norms = [block[2] for block in (last, tail) if block]
+        if in_fp32(x) and all(type(n) is torch.nn.BatchNorm2d for n in norms):
             x = self._in_pieces(x)
+        else:  # e.g. SyncBatchNorm, or bf16 autocast: speechbrain's way
+            x = _apply(body + last + tail, x)
         return _apply(list(self)[self.tail_start + 4 :], x)
 
     @eager
