@@ -169,6 +169,9 @@ class _ConvTranspose(torch.autograd.Function):
         return gx, gw if need_w else None, gb if need_b else None, None
 
 
+_conv_transpose_eagerly = eager(_ConvTranspose.apply)
+
+
 class ConvTranspose2dCPU(torch.nn.ConvTranspose2d):
     """A ``ConvTranspose2d`` computed with the faster kernels on CPU in fp32
     (elsewhere, under autocast or with ``output_size``, as the base class)."""
@@ -177,4 +180,4 @@ class ConvTranspose2dCPU(torch.nn.ConvTranspose2d):
         """Transposed convolution of x [B, Ci, H, W]."""
         if output_size is not None or x.device.type != "cpu" or not in_fp32(x):
             return super().forward(x, output_size)
-        return eager(_ConvTranspose.apply)(x, self.weight, self.bias, self)
+        return _conv_transpose_eagerly(x, self.weight, self.bias, self)
