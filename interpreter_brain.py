@@ -24,6 +24,7 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 import metrics
+from checkpoint_policy import save_epoch_checkpoint
 from chunked_decoder import speed_up
 from contamination import InputContamination
 from distributed import ShardedEvaluation, sum_over_processes, world_size
@@ -185,9 +186,7 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(
-                meta=stats, min_keys=[self.best_key]
-            )
+            save_epoch_checkpoint(self.checkpointer, stats, self.best_key)
             return
         self.hparams.train_logger.log_stats(
             stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},

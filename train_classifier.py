@@ -24,6 +24,7 @@ import torch
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
+from checkpoint_policy import save_epoch_checkpoint
 from experiment import (
     fit_and_test,
     make_brain,
@@ -74,9 +75,7 @@ class ClassifierBrain(sb.Brain):
             self.hparams.train_logger.log_stats(
                 {"epoch": epoch, "lr": old_lr}, self.train_stats, stats
             )
-            self.checkpointer.save_and_keep_only(
-                meta=stats, min_keys=["error_rate"]
-            )
+            save_epoch_checkpoint(self.checkpointer, stats, "error_rate")
         else:
             self.hparams.train_logger.log_stats(
                 {"Epoch loaded": self.hparams.epoch_counter.current},

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
 
+from checkpoint_policy import save_epoch_checkpoint
 from experiment import (
     fit_and_test,
     make_brain,
@@ -70,8 +71,8 @@ class NMFBrain(sb.Brain):
             self.hparams.train_logger.log_stats(
                 {"epoch": epoch}, self.train_stats, stats
             )
-            self.checkpointer.save_and_keep_only(
-                meta=stats, min_keys=["reconstruction_error"]
+            save_epoch_checkpoint(
+                self.checkpointer, stats, "reconstruction_error"
             )
         else:
             self.hparams.train_logger.log_stats(

@@ -3,7 +3,8 @@
 * the PIQ and L2I losses against arithmetic written out by hand;
 * the metrics through the brain's own accumulation, with a mask whose
   values are known (M = 1), and a NaN metric that must stop the run;
-* the checkpoint tested is the best on validation loss, not the last;
+* the checkpoint tested is the best on validation loss, not the last, and
+  a --debug run keeps one checkpoint on disk at a time;
 * torchrun with 2 CPU processes: every clip evaluated once, for every method;
 * WHAM! noise really reaches the training batches (and only them);
 * ``train_nmf.py --test_only`` re-tests without training;
@@ -439,6 +440,44 @@ def test_best_validation_checkpoint_is_tested(
     retested = json.loads((out / "test_metrics.json").read_text())
     for name in metrics.HIGHER_IS_BETTER:
         assert retested[name] == pytest.approx(tested[name], abs=1e-6), name
+
+
+def test_debug_run_keeps_one_checkpoint_at_a_time(
+    synthetic_data, trained_classifier, tmp_path, monkeypatch
+):
+    """--debug checkpoints into a temporary folder deleted at exit: with
+    validation losses 3, 1, 2 only epochs 1 and 2 are written, each into an
+    empty folder, and the test stage loads epoch 2 (the best), as without
+    --debug."""
+    on_disk_before_write = []
+    save = Checkpointer.save_checkpoint
+
+    def counting_save(self, *args, **kwargs):
+        on_disk_before_write.append(len(self.list_checkpoints()))
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save_checkpoint", counting_save)
+    out = tmp_path / "run"
+    argv = tiny_piq_argv(
+        synthetic_data,
+        trained_classifier,
+        out,
+        "--debug",
+        "--debug_epochs",
+        3,
+        "--save_interpretations",
+        False,
+    )
+    brain = run_interpreter(ForcedValidLossPIQ, argv)
+    assert brain.checkpointer.tempdir is not None
+    assert not (out / "save" / "CKPT.yaml").exists()
+    assert on_disk_before_write == [0, 0]
+    (kept,) = brain.checkpointer.list_checkpoints()
+    assert kept.meta["loss"] == 1.0
+    assert psi_weights_equal(brain.modules.psi, kept.paramfiles["psi"])
+    train_log = (out / "train_log.txt").read_text()
+    assert len(re.findall(r"^epoch: \d+,", train_log, re.M)) == 3
+    assert re.findall(r"^Epoch loaded: (\d+) - test", train_log, re.M) == ["2"]
 
 
 # --------------------------------------------------------------------------
