@@ -6,12 +6,17 @@ matplotlib or librosa.
 """
 
 import io
+import logging
 import math
 import os
 
-import matplotlib
 import numpy as np
 import soundfile as sf
+
+# matplotlib's DEBUG records (~150 lines of font matching per figure) would
+# fill the run's log.txt, which speechbrain writes at DEBUG level
+logging.getLogger("matplotlib").setLevel(logging.INFO)
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import librosa.display  # noqa: E402

@@ -75,3 +75,5 @@ def test_public_row_as_written(script, hparams_file, flags, tmp_path):
     # one test clip (fold 5), its metrics and its interpretation files
     check_test_metrics(out, n_clips=1)
     check_interpretations(out, n_clips=1)
+    # the figures were drawn without matplotlib's DEBUG records in the log
+    assert " - matplotlib" not in (out / "log.txt").read_text()
