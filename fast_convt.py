@@ -5,8 +5,10 @@ oneDNN computes the forward pass and the input gradient of a
 ``ConvTranspose2d`` near the CPU's fp32 peak, but not (issue 13, 2 Xeon
 cores, batch 4):
 
-* the weight gradient of the 4x4, stride-2 layers in channels_last: 2.9
-  CPU-s where the 16 matrix products of ``k4s2_weight_grad`` take 1.6;
+* the weight gradient of the strided layers in channels_last: PIQ's 4x4,
+  stride-2 layers 2.9 CPU-s where one matrix product per kernel tap
+  (``strided_weight_grad``) takes 1.6; the ViT decoder's 4x2, stride-2
+  layer (768 channels, 424 x 508 output) 5.8 s a clip against 1.7;
 * the forward pass of a layer with ONE output channel (psi's last, 12x12):
   oneDNN vectorises over output channels (2.7 CPU-s) where ATen's im2col
   kernel ``slow_conv_transpose2d`` takes 0.4; on channels_last data the
@@ -21,8 +23,6 @@ Authors: the ESC-50 interpretability recipe developers.
 
 import torch
 import torch.nn.functional as F
-
-K4S2 = ((4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1)
 
 
 def in_fp32(x):
@@ -42,7 +42,7 @@ def eager(function):
 
 def geometry(conv):
     """(kernel, stride, padding, output padding, dilation, groups) of a
-    ConvTranspose2d, as in ``K4S2``."""
+    ConvTranspose2d."""
     return (
         conv.kernel_size,
         conv.stride,
@@ -53,33 +53,62 @@ def geometry(conv):
     )
 
 
-def k4s2_weight_grad(x, g):
-    """Weight gradient [Ci, Co, 4, 4] of ``conv_transpose2d(x, W, stride=2,
-    padding=1)`` at x [B, Ci, H, W] for the output gradient g [B, Co, 2H, 2W]:
-    one matrix product over all clips and pixels per kernel tap. Output pixel
-    (2I + ph, 2J + pw) gets tap (kh, kw) from input pixel (I + di, J + dj),
-    di = (ph + 1 - kh) / 2: with x zero-padded by one pixel, that shift is a
-    constant offset in the flattened channels_last tensor."""
+def _taps(kernel, stride, padding):
+    """Per kernel tap a along one axis: (phase, shift) with a - padding =
+    stride * shift + phase, 0 <= phase < stride. Output index
+    stride * i + a - padding of input index i is then row i + shift of the
+    output's phase ``phase`` (its indices phase, phase + stride, ...)."""
+    return [
+        ((a - padding) % stride, (a - padding) // stride) for a in range(kernel)
+    ]
+
+
+def strided_weight_grad(x, g, kernel, stride, padding):
+    """Weight gradient [Ci, Co, kh, kw] of ``conv_transpose2d(x, W, stride=
+    stride, padding=padding)`` (any output padding) at x [B, Ci, H, W] for
+    the output gradient g [B, Co, Ho, Wo]: one matrix product over all clips
+    and pixels per kernel tap, X^T G with X [pixels, Ci] and G [pixels, Co].
+    Tap (a, b) pairs input pixel (i, j) with pixel (i + dh, j + dw) of one
+    phase of g (``_taps``); with x and that phase placed at the same offset
+    on one zero-bordered canvas, the pairing is a constant shift
+    dh * width + dw of the flattened channels_last rows."""
     B, Ci, H, W = x.shape
-    Co = g.shape[1]
+    Co, Ho, Wo = g.shape[1:]
+    taps_h, taps_w = (_taps(*axis) for axis in zip(kernel, stride, padding))
+    dh, dw = [d for _, d in taps_h], [d for _, d in taps_w]
+    sh, sw = stride
+    # the canvas holds x and every phase of g, with room for every shift
+    top, left = max(0, -min(dh)), max(0, -min(dw))
+    rows = top + max(H, -(-Ho // sh)) + max(0, max(dh))
+    width = left + max(W, -(-Wo // sw)) + max(0, max(dw))
     x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
     g = g.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-    g = g.reshape(B, H, 2, W, 2, Co)  # [b, I, ph, J, pw, co]
-    padded = x.new_zeros(B, H + 2, W + 2, Ci)
-    padded[:, 1:-1, 1:-1] = x
-    X = padded.view(-1, Ci)
-    phase = x.new_zeros(B, H + 2, W + 2, Co)  # its border stays zero
+    canvas = x.new_zeros(B, rows, width, Ci)
+    canvas[:, top : top + H, left : left + W] = x
+    X = canvas.view(-1, Ci)
+    phase = x.new_empty(B, rows, width, Co)
     G = phase.view(-1, Co)
-    n, width = len(X), W + 2
-    grad = x.new_empty(Ci, Co, 4, 4)
-    for ph in (0, 1):
-        for pw in (0, 1):
-            phase[:, 1:-1, 1:-1] = g[:, :, ph, :, pw]
-            for kh in (1 - ph, 3 - ph):
-                for kw in (1 - pw, 3 - pw):
-                    shift = (ph + 1 - kh) // 2 * width + (pw + 1 - kw) // 2
-                    lo, hi = max(0, -shift), min(n, n - shift)
-                    grad[:, :, kh, kw] = X[lo + shift : hi + shift].T @ G[lo:hi]
+    n = len(X)
+    grad = x.new_empty(Ci, Co, *kernel)
+    for ph in range(sh):
+        for pw in range(sw):
+            taps = [
+                (a, b)
+                for a, (phase_a, _) in enumerate(taps_h)
+                for b, (phase_b, _) in enumerate(taps_w)
+                if (phase_a, phase_b) == (ph, pw)
+            ]
+            if not taps:
+                continue
+            part = g[:, ph::sh, pw::sw]
+            phase.zero_()
+            phase[:, top : top + part.shape[1], left : left + part.shape[2]] = (
+                part
+            )
+            for a, b in taps:
+                shift = dh[a] * width + dw[b]
+                lo, hi = max(0, -shift), min(n, n - shift)
+                grad[:, :, a, b] = X[lo:hi].T @ G[lo + shift : hi + shift]
     return grad
 
 
@@ -128,9 +157,9 @@ def conv_transpose_grads(conv, x, weight, g, need_x=True, need_w=True):
     """(grad x, grad weight, grad bias) of ``conv_transpose`` at x for the
     output gradient g; None for what is not needed. x's values are only read
     for the weight gradient."""
-    _, stride, padding, out_padding, dilation, groups = geometry(conv)
-    fast_w = need_w and geometry(conv) == K4S2 and x.device.type == "cpu"
-    fast_w = fast_w and g.shape[-2:] == (2 * x.shape[-2], 2 * x.shape[-1])
+    kernel, stride, padding, out_padding, dilation, groups = geometry(conv)
+    fast_w = need_w and x.device.type == "cpu" and stride != (1, 1)
+    fast_w = fast_w and (dilation, groups) == ((1, 1), 1)
     gx, gw, _ = torch.ops.aten.convolution_backward(
         g,
         x,
@@ -145,7 +174,7 @@ def conv_transpose_grads(conv, x, weight, g, need_x=True, need_w=True):
         [need_x, need_w and not fast_w, False],
     )
     if fast_w:
-        gw = k4s2_weight_grad(x, g)
+        gw = strided_weight_grad(x, g, kernel, stride, padding)
     gb = g.sum((0, 2, 3)) if need_w and conv.bias is not None else None
     return gx, gw, gb
 

@@ -37,19 +37,41 @@ def relative(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
+# kernel, stride, padding, output padding: psi's strided layers (PIQ on
+# conv2d, FocalNet and ViT; L2I on CNN14) and the corners of ``_taps``
+STRIDED = [
+    ((4, 4), (2, 2), (1, 1), (0, 0)),
+    ((3, 3), (2, 2), (1, 1), (1, 1)),
+    ((4, 2), (2, 2), (1, 1), (0, 0)),
+    ((4, 1), (2, 2), (1, 1), (0, 0)),
+    ((3, 3), (4, 5), (1, 1), (0, 0)),
+    ((7, 4), (2, 4), (1, 1), (0, 0)),
+    ((4, 3), (2, 2), (0, 5), (0, 0)),
+    ((7, 5), (1, 4), (0, 0), (0, 0)),
+    ((2, 2), (3, 3), (0, 0), (2, 1)),
+]
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
-def test_k4s2_weight_grad_is_atens(layout):
-    """The 16 matrix products give the weight gradient of ATen's kernel."""
+@pytest.mark.parametrize("kernel, stride, padding, out_padding", STRIDED)
+def test_strided_weight_grad_is_atens(
+    kernel, stride, padding, out_padding, layout
+):
+    """The per-tap matrix products give the weight gradient of ATen's
+    kernel, in float64 to 1e-12, for every geometry of psi's strided
+    layers, padding wider than the kernel and output padding included."""
     torch.manual_seed(0)
-    x = torch.randn(3, 8, 5, 7).contiguous(memory_format=layout)
-    g = torch.randn(3, 6, 10, 14).contiguous(memory_format=layout)
-    weight = torch.randn(8, 6, 4, 4)
+    x = torch.randn(3, 8, 5, 7, dtype=torch.float64)
+    weight = torch.randn(8, 6, *kernel, dtype=torch.float64)
+    y = F.conv_transpose2d(x, weight, None, stride, padding, out_padding)
+    g = torch.randn_like(y).contiguous(memory_format=layout)
+    x = x.contiguous(memory_format=layout)
     expected = torch.ops.aten.convolution_backward(
-        g, x, weight, None, [2, 2], [1, 1], [1, 1], True, [0, 0], 1,
+        g, x, weight, None, stride, padding, [1, 1], True, out_padding, 1,
         [False, True, False],
     )[1]  # fmt: skip
-    got = fast_convt.k4s2_weight_grad(x, g)
-    assert relative(got, expected) < 1e-5
+    got = fast_convt.strided_weight_grad(x, g, kernel, stride, padding)
+    assert relative(got, expected) < 1e-12
 
 
 @pytest.mark.parametrize(
