@@ -1,4 +1,5 @@
-"""Which end-of-epoch checkpoints the recipe's Brains keep on disk.
+"""Which end-of-epoch checkpoints the recipe's Brains keep on disk, and the
+check that a run folder holds one before ``--test_only`` tests it.
 
 Normal runs keep speechbrain's policy: the new checkpoint is written first,
 then every checkpoint but the best (lowest ``min_key``) and the most recent
@@ -50,3 +51,15 @@ def save_epoch_checkpoint(checkpointer, meta, min_key):
     checkpointer.delete_checkpoints(num_to_keep=0)
     checkpointer.save_checkpoint(meta=meta)
     return True
+
+
+def require_checkpoint(checkpointer, min_key):
+    """For ``--test_only``: raises a clear error unless ``checkpointer`` holds
+    a checkpoint whose meta has ``min_key`` (the key the run selects on)."""
+    if checkpointer.find_checkpoint(min_key=min_key) is None:
+        raise RuntimeError(
+            f"--test_only: no checkpoint with '{min_key}' in "
+            f"{checkpointer.checkpoints_dir}. Train first (run without "
+            "--test_only), or point --output_folder at the folder of a "
+            "finished run."
+        )

@@ -29,6 +29,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
+from checkpoint_policy import require_checkpoint
 from contamination import interferer_pipeline
 from esc50_prepare import prepare_esc50
 from pretrained import load_classifier
@@ -162,18 +163,6 @@ def setup_experiment(argv):
             hparams["output_folder"],
         )
     return hparams, run_opts
-
-
-def require_checkpoint(checkpointer, min_key):
-    """For ``--test_only``: raises a clear error unless ``checkpointer`` holds
-    a checkpoint whose meta has ``min_key`` (the key the run selects on)."""
-    if checkpointer.find_checkpoint(min_key=min_key) is None:
-        raise RuntimeError(
-            f"--test_only: no checkpoint with '{min_key}' in "
-            f"{checkpointer.checkpoints_dir}. Train first (run without "
-            "--test_only), or point --output_folder at the folder of a "
-            "finished run."
-        )
 
 
 def fit_and_test(brain, datasets, min_key):
