@@ -91,11 +91,11 @@ def contaminate(mode, wavs, interferers=None, wham=None, generator=None):
         return wavs
     if mode == "mixtures":
         return mix_gains(wavs, interferers.to(wavs))
-    if mode == "white_noise":
-        noise = torch.randn(wavs.shape, generator=generator)
+    if mode == "white_noise":  # drawn on the CPU: the same on every device
+        noise = torch.randn(wavs.shape, generator=generator, device="cpu")
     else:
         noise = wham.sample_batch(wavs.shape[0], generator)
-    return mix_at_0db(wavs, noise)
+    return mix_at_0db(wavs, noise.to(wavs))
 
 
 class InputContamination:
@@ -118,7 +118,7 @@ class InputContamination:
         # in the names of what a contaminated test writes
         self.suffix = "" if self.mode == "none" else f"_{self.mode}"
         self.add_wham_noise = hparams.add_wham_noise
-        self.generator = torch.Generator().manual_seed(hparams.seed)
+        self.generator = torch.Generator("cpu").manual_seed(hparams.seed)
         needs_wham = self.mode == "wham" or self.add_wham_noise
         self.wham = load_wham(hparams) if needs_wham else None
 
@@ -127,7 +127,7 @@ class InputContamination:
         wavs = batch.sig.data
         if stage == sb.Stage.TRAIN and self.add_wham_noise:
             noise = self.wham.sample_batch(len(wavs), self.generator)
-            return mix_at_0db(wavs, noise)
+            return mix_at_0db(wavs, noise.to(wavs))
         if stage == sb.Stage.TEST and self.mode != "none":
             mixtures = self.mode == "mixtures"
             interferers = batch.interferer_sig.data if mixtures else None

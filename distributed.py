@@ -57,6 +57,9 @@ def world_size():
 def sum_over_processes(values, device):
     """name -> scalar (tensor or number) summed over all processes.
 
+    Every value is put on ``device`` (the Brain's: NCCL reduces CUDA tensors
+    only) before they are stacked, whatever device it was computed on.
+
     Returns
     -------
     dict
@@ -64,7 +67,10 @@ def sum_over_processes(values, device):
     """
     names = sorted(values)
     stacked = torch.stack(
-        [torch.as_tensor(values[n], dtype=torch.float64) for n in names]
-    ).to(device)
+        [
+            torch.as_tensor(values[n], dtype=torch.float64, device=device)
+            for n in names
+        ]
+    )
     total = ddp_all_reduce(stacked, torch.distributed.ReduceOp.SUM)
     return dict(zip(names, total.tolist()))

@@ -168,10 +168,11 @@ def evidence_boxes(records, shape, sample_rate, hop_length, n_fft):
     Returns
     -------
     torch.Tensor
-        [B, T, F] bool.
+        [B, T, F] bool, on the CPU (the caller moves it to the mask's device).
     """
-    t = torch.arange(shape[0], dtype=torch.float64) * hop_length / sample_rate
-    f = torch.arange(shape[1], dtype=torch.float64) * sample_rate / n_fft
+    grid = {"dtype": torch.float64, "device": "cpu"}
+    t = torch.arange(shape[0], **grid) * hop_length / sample_rate
+    f = torch.arange(shape[1], **grid) * sample_rate / n_fft
     boxes = [
         ((t >= r["start_s"]) & (t <= r["end_s"]))[:, None]
         & ((f >= r["low_hz"]) & (f <= r["high_hz"]))[None, :]
@@ -247,7 +248,8 @@ def batch_sums(values, ids):
     Returns
     -------
     dict
-        name -> 0-dim float64 tensor: the sum over the clips, those of
+        name -> 0-dim float64 tensor on the device of ``values``: the sum
+        over the clips, those of
         ``UNDEFINED_FOR_EMPTY_MASK`` over the clips whose mask is not all zero; plus ``n_clips`` and
         ``n_defined_masks``.
 
@@ -258,7 +260,12 @@ def batch_sums(values, ids):
         infinite for some clip: a mean that silently skipped it would be
         wrong.
     """
-    sums = {"n_clips": torch.tensor(float(len(ids)), dtype=torch.float64)}
+    device = next(iter(values.values())).device if values else None
+    sums = {
+        "n_clips": torch.tensor(
+            float(len(ids)), dtype=torch.float64, device=device
+        )
+    }
     for name, value in values.items():
         value = value.detach().double()
         if name in UNDEFINED_FOR_EMPTY_MASK:

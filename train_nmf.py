@@ -87,7 +87,10 @@ class NMFBrain(sb.Brain):
         import plotting
 
         folder = self.hparams.output_folder
-        state = self.modules.nmf_decoder.state_dict()
+        # the YAML's module, not self.modules' entry: under torchrun or
+        # --compile that is a wrapper whose keys carry a "module." or
+        # "_orig_mod." prefix, which L2I's strict loading would reject
+        state = self.hparams.nmf_decoder.state_dict()
         write_atomically(
             os.path.join(folder, "nmf_decoder.ckpt"),
             lambda f: torch.save(state, f),

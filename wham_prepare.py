@@ -206,7 +206,7 @@ class WhamNoise(torch.utils.data.Dataset):
             float32 [B, n_samples], on the CPU.
         """
         indices = torch.randint(
-            len(self.files), (batch_size,), generator=generator
+            len(self.files), (batch_size,), generator=generator, device="cpu"
         )
         return torch.stack([self._clip(i) for i in indices.tolist()])
 
