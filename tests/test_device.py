@@ -36,7 +36,6 @@ import train_piq
 from conftest import ROOT, TINY, TINY_PIQ, classifier_args
 from test_hf_backbones import QUICK, TINY_ARCH
 
-
 RECIPE = os.path.realpath(ROOT) + os.sep
 SITE = os.path.dirname(os.path.dirname(os.path.realpath(torch.__file__)))
 
