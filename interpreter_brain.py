@@ -25,8 +25,8 @@ from speechbrain.utils.logger import get_logger
 
 import metrics
 from checkpoint_policy import save_epoch_checkpoint
-from chunked_decoder import speed_up
 from contamination import InputContamination
+from cpu_kernels import speed_up_if_cpu
 from distributed import ShardedEvaluation, sum_over_processes, world_size
 from fileio import write_json
 from front_end import interpretation_wavs, log_spectrogram
@@ -70,7 +70,13 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             frozen.requires_grad_(False)
         self.modules.to(memory_format=layout)
         if getattr(self.hparams, "fast_decoder", False):
-            speed_up(self.modules, getattr(self.hparams, "decoder_piece", 0))
+            speed_up_if_cpu(
+                self.modules,
+                getattr(self.hparams, "decoder_piece", 0),
+                self.device,
+                self.precision,
+                self.eval_precision,
+            )
         if self.compile:  # Brain compiles self.modules when fit starts
             self.hparams.backbone.compile(
                 mode=self.compile_mode,

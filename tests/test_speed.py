@@ -1,8 +1,12 @@
 """The speed and memory options give the same results (issue 13).
 
-* ``fast_convt`` and ``chunked_decoder``: the faster transposed-convolution kernels and the
-  chunked decoder against speechbrain's own layers, from the same weights:
-  losses, gradients, BatchNorm running statistics and evaluation output;
+* ``cpu_kernels.fast_convt`` and ``cpu_kernels.chunked_decoder``: the faster
+  transposed-convolution kernels and the chunked decoder against
+  speechbrain's own layers, from the same weights: losses, gradients,
+  BatchNorm running statistics and evaluation output;
+* ``cpu_kernels.speed_up_if_cpu``: those kernels on a CPU in fp32 only
+  (elsewhere psi keeps speechbrain's layers), and the brain asks for them
+  with its own device and precisions;
 * ``compile: True``: the compiled psi and classifier give the eager loss, and
   the recipe's brain compiles the frozen classifier when it is set.
 
@@ -21,10 +25,11 @@ from speechbrain.lobes.models.PIQ import (
     VectorQuantizedPSIViT_Audio,
 )
 
-import chunked_decoder
-import fast_convt
+import cpu_kernels
+import interpreter_brain
 import mask_decoders
-from conftest import tiny_piq_argv
+from conftest import replace_arg, tiny_piq_argv
+from cpu_kernels import chunked_decoder, fast_convt
 from experiment import make_brain, prepare_manifests, setup_experiment
 from pretrained import load_classifier
 from train_piq import PIQBrain
@@ -112,6 +117,21 @@ def make_psi(method):
     return PsiOptimized(
         dim=8, K=10, numclasses=3, use_adapter=False, adapter_reduce_dim=False
     )
+
+
+def layer_classes(psi):
+    """(the set of the classes of psi's transposed convolutions, the class
+    of its decoder)."""
+    convs = psi.modules()
+    return (
+        {type(m) for m in convs if isinstance(m, torch.nn.ConvTranspose2d)},
+        type(psi.decoder),
+    )
+
+
+# ``layer_classes`` of psi with the CPU kernels, and with speechbrain's layers
+FAST = ({fast_convt.ConvTranspose2dCPU}, chunked_decoder.ChunkedDecoder)
+SPEECHBRAINS = ({torch.nn.ConvTranspose2d}, torch.nn.Sequential)
 
 
 def call(psi, method, hidden, labels):
@@ -267,15 +287,7 @@ def test_brain_applies_the_yaml_speed_options(
     load_classifier(hparams)
     brain = make_brain(PIQBrain, hparams, run_opts)
     assert hparams["fast_decoder"] and hparams["decoder_piece"] == 1
-    convs = [
-        m
-        for m in brain.modules.psi.modules()
-        if isinstance(m, torch.nn.ConvTranspose2d)
-    ]
-    assert convs and all(
-        type(m) is fast_convt.ConvTranspose2dCPU for m in convs
-    )
-    assert type(brain.modules.psi.decoder) is chunked_decoder.ChunkedDecoder
+    assert layer_classes(brain.modules.psi) == FAST
     assert brain.compile is compile_flag
     compiled = hparams["backbone"]._compiled_call_impl is not None
     assert compiled is compile_flag
@@ -294,3 +306,68 @@ def test_bf16_autocast_runs_speechbrains_layers():
     assert got[0] == expected[0]
     for name, grad in got[1].items():
         assert torch.equal(grad, expected[1][name]), name
+
+
+@pytest.mark.parametrize(
+    "device, precision, eval_precision, applied",
+    [
+        ("cpu", "fp32", "fp32", True),
+        (torch.device("cpu"), "fp32", "fp32", True),
+        ("cuda:0", "fp32", "fp32", False),
+        ("cuda", "fp16", "fp16", False),
+        ("cuda:1", "bf16", "bf16", False),
+        ("meta", "fp32", "fp32", False),
+        ("cpu", "bf16", "fp32", False),
+        ("cpu", "fp32", "bf16", False),
+        ("cpu", "bf16", "bf16", False),
+    ],
+)
+def test_cpu_kernels_on_a_cpu_in_fp32_only(
+    device, precision, eval_precision, applied, caplog
+):
+    """``speed_up_if_cpu`` gives psi the CPU kernels (chunked decoder
+    included) on a CPU with fp32 training and evaluation only; on CUDA, on
+    the meta device, in fp16 or bf16, psi keeps speechbrain's layers, and on
+    a CPU the precision that rules them out is logged."""
+    psi = make_psi("piq")
+    assert cpu_kernels.applies(device, precision, eval_precision) is applied
+    with caplog.at_level("INFO", logger="cpu_kernels"):
+        got = cpu_kernels.speed_up_if_cpu(
+            psi, 1, device, precision, eval_precision
+        )
+    assert got is psi
+    assert layer_classes(psi) == (FAST if applied else SPEECHBRAINS)
+    on_cpu = torch.device(device).type == "cpu"
+    assert ("fp32 only" in caplog.text) == (on_cpu and not applied)
+
+
+@pytest.mark.parametrize(
+    "device, precision", [("meta", "fp32"), ("cpu", "bf16")]
+)
+def test_brain_asks_for_the_cpu_kernels_with_its_device(
+    device,
+    precision,
+    synthetic_data,
+    trained_classifier,
+    tmp_path,
+    monkeypatch,
+):
+    """piq.yaml (``fast_decoder: True``) on the meta device or in bf16: the
+    brain passes its own device and precisions to ``speed_up_if_cpu``, and
+    psi keeps speechbrain's layers."""
+    calls = []
+
+    def recorded(*args):
+        """``speed_up_if_cpu``, its device and precisions recorded."""
+        calls.append(args[2:])
+        return cpu_kernels.speed_up_if_cpu(*args)
+
+    monkeypatch.setattr(interpreter_brain, "speed_up_if_cpu", recorded)
+    argv = tiny_piq_argv(synthetic_data, trained_classifier, tmp_path)
+    argv = replace_arg(argv, "device", device) + ["--precision", precision]
+    hparams, run_opts = setup_experiment(argv)
+    prepare_manifests(hparams)
+    load_classifier(hparams)
+    brain = make_brain(PIQBrain, hparams, run_opts)
+    assert calls == [(device, precision, "fp32")]
+    assert layer_classes(brain.modules.psi) == SPEECHBRAINS

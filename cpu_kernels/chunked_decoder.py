@@ -29,14 +29,14 @@ Authors: the ESC-50 interpretability recipe developers.
 import torch
 import torch.nn.functional as F
 
-from fast_convt import (
+from cpu_kernels.fast_convt import (
     ConvTranspose2dCPU,
     conv_transpose,
     conv_transpose_grads,
     eager,
     in_fp32,
 )
-from folded_batchnorm import (
+from cpu_kernels.folded_batchnorm import (
     affine,
     batch_norm_gradients,
     batch_statistics,

@@ -22,7 +22,7 @@ Authors: the ESC-50 interpretability recipe developers.
 
 import torch
 
-from fast_convt import conv_transpose, conv_transpose_grads
+from cpu_kernels.fast_convt import conv_transpose, conv_transpose_grads
 
 
 def per_channel(*values):
