@@ -33,24 +33,44 @@ class Conv2dBackbone(torch.nn.Module):
 
 
 class Cnn14Backbone(torch.nn.Module):
-    """CNN14 on the log1p mel spectrogram of the magnitude expm1(X).
+    """CNN14 on the mel spectrogram of the magnitude expm1(X).
 
     ``embedding_model`` is ``Cnn14(..., return_reps=True)``; ``classifier``
     maps its [B, 1, emb_dim] embedding to logits. Returns hidden = the tuple of
     CNN14's intermediate maps (deepest first) and logits [B, C].
+
+    The mel features are ``compute_fbank(|STFT|)``, then log1p when ``log1p``
+    is True. The hub's speechbrain/cnn14-esc50 was trained on
+    ``Filterbank(log_mel=True)`` (dB, 80 dB floor) of |STFT| at 44.1 kHz
+    (its hyperparams.yaml; ``log1p`` False); the public interpretability
+    recipe's own CNN14 on log1p of a linear ``Filterbank(log_mel=False)``
+    at 16 kHz (``log1p`` True).
+
+    Arguments
+    ---------
+    embedding_model : speechbrain.lobes.models.Cnn14.Cnn14
+    classifier : torch.nn.Module
+        [B, 1, emb_dim] -> [B, 1, C] (ECAPA ``Classifier``) or [B, C].
+    compute_fbank : speechbrain.processing.features.Filterbank
+    log1p : bool
+        Whether log1p is applied to the filterbank's output.
     """
 
-    def __init__(self, embedding_model, classifier, compute_fbank):
+    def __init__(self, embedding_model, classifier, compute_fbank, log1p=True):
         super().__init__()
         self.embedding_model = embedding_model
         self.classifier = classifier
         self.compute_fbank = compute_fbank
+        self.log1p = log1p
 
     def forward(self, X):
         """X [B, T, F] -> (tuple of CNN14 maps, logits [B, C])."""
-        mel = torch.log1p(self.compute_fbank(torch.expm1(X)))
+        mel = self.compute_fbank(torch.expm1(X))
+        if self.log1p:
+            mel = torch.log1p(mel)
         embedding, hidden = self.embedding_model(mel)
-        return hidden, self.classifier(embedding).squeeze(1)
+        logits = self.classifier(embedding)
+        return hidden, logits.reshape(len(logits), -1)
 
 
 def spectrogram_as_image(X, image_size):

@@ -48,7 +48,7 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
     (``backbones.py``), ``pretrainer``, ``label_encoder`` (set by the
     script), ``sample_rate``, ``output_folder``, ``save_interpretations``,
     ``train_logger``, ``lr_annealing``, ``channels_last``; optional:
-    ``fast_decoder`` and ``decoder_piece`` (``chunked_decoder.speed_up``) and
+    ``fast_decoder`` and ``decoder_piece`` (``cpu_kernels.speed_up_if_cpu``: CPU fp32 only) and
     speechbrain's ``compile``, which also compiles ``backbone``.
 
     The checkpoint kept as best, tested, and loaded by ``--test_only`` is the
