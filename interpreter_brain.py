@@ -30,7 +30,7 @@ from cpu_kernels import speed_up_if_cpu
 from distributed import ShardedEvaluation, sum_over_processes, world_size
 from fileio import write_json
 from front_end import interpretation_wavs, log_spectrogram
-from interpretation import Interpretation
+from interpretation import Interpretation, pad_to_input
 from synthetic_esc50 import evidence_records, read_evidence
 
 __all__ = ["Interpretation", "InterpreterBrain"]
@@ -212,10 +212,16 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         interpreted), interpretation.wav (ISTFT of expm1(M*X) with the
         original phase), mask.npy (float32 [T, F]), spectra.png and clip.json
         (classes and per-clip metrics ``values``); for mixtures also
-        target.wav and interferer.wav."""
+        target.wav and interferer.wav. A mask cropped to a decoder's first
+        frames is padded with zeros to the whole clip first
+        (``interpretation.pad_to_input``): nothing of the frames it does not
+        reach is kept."""
         import plotting  # matplotlib/librosa are imported only when needed
 
         hp = self.hparams
+        X, stft = log_spectrogram(hp.compute_stft, result.wav)
+        if result.X.shape[1] < X.shape[1]:  # cropped to the decoder's frames
+            result = pad_to_input(result, X, stft)
         audios = {"original.wav": result.wav}
         audios["interpretation.wav"] = interpretation_wavs(
             hp.compute_istft, result.X_int, result.stft, result.wav.shape[1]

@@ -103,20 +103,23 @@ class L2IBrain(InterpreterBrain):
         Returns
         -------
         Interpretation
-            mask [B, T, F] = W[:, L] H[L] / (W H + eps) with
+            on X cropped to psi's T' frames (conv2d: 417 of 431; CNN14: all
+            431), mask [B, T', F] = W[:, L] H[L] / (W H + eps) with
             L = {k : r_k > relevance_th}, r_k = w[c, k] z_k / max_k |w[c, k] z_k|,
             z = Theta's time pooling of H, w = Theta's linear weights (None during
-            training, where the loss does not use it); aux ``H`` [B, K, T] and
-            ``X_hat`` [B, T, F].
+            training, where the loss does not use it); aux ``H`` [B, K, T'] and
+            ``X_hat`` [B, T', F].
         """
         H = self.modules.psi(hidden)
         if isinstance(
             H, tuple
         ):  # L2I.PsiOptimized (conv2d): ([B, 1, T', K], adapted map)
             H = H[0].squeeze(1).transpose(1, 2)
-        H = F.interpolate(
-            H.float(), size=X.shape[1], mode="linear"
-        )  # psi's frames -> the input's T, float32
+        # psi's frames and the input's on one grid, as the public recipe:
+        # frames past the input's are cut, and the input is cropped to
+        # psi's (417 of 431 for conv2d); float32 from here
+        H = H[:, :, : X.shape[1]].float()
+        X, stft = X[:, : H.shape[2]], stft[:, : H.shape[2]]
         X_hat = self.hparams.nmf_decoder(H)
         mask = None
         if stage != sb.Stage.TRAIN:

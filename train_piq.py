@@ -18,6 +18,7 @@ import sys
 import torch.nn.functional as F
 
 from experiment import run_interpreter
+from interpretation import align_to_input
 from interpreter_brain import Interpretation, InterpreterBrain
 
 
@@ -50,7 +51,8 @@ def piq_loss(mask_logits, X, h, z_q, mask_th, rec_loss_coef):
 
 
 class PIQBrain(InterpreterBrain):
-    """PIQ: M = sigmoid(psi(h, c)), resized to the input's [T, F]."""
+    """PIQ: M = sigmoid(psi(h, c)) on the input's first T' frames (the
+    decoder's; ``interpretation.align_to_input``)."""
 
     def interpret(self, X, stft, hidden, logits, stage):
         """Decodes the quantised hidden map of the predicted class into a mask.
@@ -71,14 +73,13 @@ class PIQBrain(InterpreterBrain):
         Returns
         -------
         Interpretation
-            with aux ``mask_logits`` [B, T, F], ``h`` (adapted hidden map)
-            and ``z_q`` (its quantisation).
+            on X cropped to psi's T' frames (417 of 431 for conv2d; the
+            FocalNet decoder's map is resized to [T, F] instead), with aux
+            ``mask_logits`` [B, T', F], ``h`` (adapted hidden map) and
+            ``z_q`` (its quantisation).
         """
         mask_logits, h, z_q = self.modules.psi(hidden, logits.argmax(1))
-        # float32 from here: a bf16 mask would keep only a handful of distinct values
-        mask_logits = F.interpolate(
-            mask_logits.float(), size=X.shape[-2:], mode="bilinear"
-        ).squeeze(1)
+        mask_logits, X, stft = align_to_input(mask_logits, X, stft)
         return Interpretation(
             X=X,
             stft=stft,
