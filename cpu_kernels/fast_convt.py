@@ -26,10 +26,14 @@ import torch.nn.functional as F
 
 
 def in_fp32(x):
-    """Whether x is float32 and computed so (no autocast on its device): the
-    condition of every faster path here and in ``chunked_decoder``."""
-    return x.dtype == torch.float32 and not torch.is_autocast_enabled(
-        x.device.type
+    """Whether x is a CPU float32 tensor computed so (no CPU autocast): the
+    condition of every faster path here and in ``chunked_decoder``. On any
+    other device the layers run as speechbrain's (cuDNN on CUDA), even if
+    ``speed_up`` was applied."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
     )
 
 

@@ -371,3 +371,21 @@ def test_brain_asks_for_the_cpu_kernels_with_its_device(
     brain = make_brain(PIQBrain, hparams, run_opts)
     assert calls == [(device, precision, "fp32")]
     assert layer_classes(brain.modules.psi) == SPEECHBRAINS
+
+
+def test_sped_up_decoder_off_the_cpu_runs_speechbrains_layers(monkeypatch):
+    """A decoder given the CPU kernels (``speed_up``, e.g. by hand) and then
+    fed a tensor of another device computes speechbrain's way: neither the
+    chunked path nor the fast transposed convolutions are entered (here on
+    PyTorch's data-less ``meta`` device, as a CUDA tensor would be)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU kernel ran off the CPU")
+
+    psi = chunked_decoder.speed_up(make_psi("l2i"), 2).eval().to("meta")
+    monkeypatch.setattr(chunked_decoder.ChunkedDecoder, "_in_pieces", refuse)
+    monkeypatch.setattr(fast_convt, "conv_transpose", refuse)
+    with torch.no_grad():
+        out = psi(torch.randn(3, 8, 2, 32, device="meta"))
+    out = out[0] if isinstance(out, tuple) else out
+    assert out.device.type == "meta" and out.shape[0] == 3
