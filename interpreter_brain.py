@@ -48,8 +48,9 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
     (``backbones.py``), ``pretrainer``, ``label_encoder`` (set by the
     script), ``sample_rate``, ``output_folder``, ``save_interpretations``,
     ``train_logger``, ``lr_annealing``, ``channels_last``; optional:
-    ``fast_decoder`` and ``decoder_piece`` (``cpu_kernels.speed_up_if_cpu``: CPU fp32 only) and
-    speechbrain's ``compile``, which also compiles ``backbone``.
+    ``fast_decoder`` and ``decoder_piece`` (``cpu_kernels.speed_up_if_cpu``: CPU fp32 only),
+    ``curve_steps`` (S of the deletion and insertion curves; 0 or absent:
+    off) and speechbrain's ``compile``, which also compiles ``backbone``.
 
     The checkpoint kept as best, tested, and loaded by ``--test_only`` is the
     lowest ``best_key`` (the validation loss) stored in its meta. Masks that
@@ -129,11 +130,33 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         (validation and test): dict name -> [B] tensor. None by default."""
         return {}
 
+    def deletion_insertion(self, M, X, c, steps):
+        """``deletion_auc`` and ``insertion_auc`` [B] of the masks M on the
+        inputs X [B, T, F]: p_c (c [B], the class predicted on the clip) at
+        q = 0, 1/S, ..., 1 with the top-q fraction of the bins by mask value
+        set to 0 (deletion) or alone kept (insertion), S = ``steps``
+        (``metrics.top_fraction_masks``), then the area under each curve
+        (``metrics.curve_area``). One classifier pass over the batch per
+        step and curve, 2 (S + 1) in all, each with the peak memory of one."""
+        curves = {"deletion_auc": [], "insertion_auc": []}
+        for top in metrics.top_fraction_masks(M, steps):
+            top = top.to(X.dtype)
+            inputs = {"deletion_auc": 1 - top, "insertion_auc": top}
+            for name, keep in inputs.items():
+                logits = self.classify(X * keep)[1]
+                p = F.softmax(logits.float(), dim=1)
+                curves[name].append(p.gather(1, c[:, None]).squeeze(1))
+        return {
+            name: metrics.curve_area(torch.stack(curve, dim=1))
+            for name, curve in curves.items()
+        }
+
     def accumulate_metrics(self, result, labels, ids):
         """Adds the batch's per-clip metrics (clips ``ids``) to the running
         sums and returns them (name -> [B]). The masked-in and masked-out
         inputs go through the classifier one after the other (together they
-        would double the classifier's peak memory)."""
+        would double the classifier's peak memory); so do the deletion and
+        insertion inputs when ``curve_steps`` > 0 (``deletion_insertion``)."""
         with torch.no_grad():
             M, X = result.mask.detach(), result.X.detach()
             p_in, p_out = (
@@ -145,6 +168,9 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             values.update(self.method_metrics(result))
             if self.evidence is not None:
                 values.update(self.localisation(M, ids))
+            steps = getattr(self.hparams, "curve_steps", 0)
+            if steps:
+                values.update(self.deletion_insertion(M, X, p.argmax(1), steps))
             for name, value in metrics.batch_sums(values, ids).items():
                 self.metric_sums[name] = self.metric_sums.get(name, 0) + value
         return values

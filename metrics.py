@@ -16,7 +16,14 @@ faithfulness, AI, AG and SPS are better when higher; AD and COMP when lower.
 Localisation (``localisation_metrics``), only where the data has a ground
 truth: the box [B, T, F] of the bins that hold the planted class evidence
 (``evidence_boxes``, from ``meta/evidence.json`` of ``synthetic_esc50.py``).
-evidence_mass, evidence_mass_ratio and pointing_game are better when higher.
+evidence_mass, evidence_mass_ratio, pointing_game, roc_auc, topk_iou and
+topk_f1 are better when higher. The same functions score any binary ground
+truth of the bins (e.g. the ideal binary mask of a mixture).
+
+Deletion and insertion (``top_fraction_masks``, ``curve_area``; the classifier
+passes are the brain's): the area under p_c as the most relevant bins are
+removed from X (``deletion_auc``, lower is better) or kept alone
+(``insertion_auc``, higher is better).
 
 Example
 -------
@@ -43,6 +50,11 @@ HIGHER_IS_BETTER = {
     "evidence_mass": True,
     "evidence_mass_ratio": True,
     "pointing_game": True,
+    "roc_auc": True,
+    "topk_iou": True,
+    "topk_f1": True,
+    "deletion_auc": False,
+    "insertion_auc": True,
 }
 
 
@@ -181,34 +193,256 @@ def evidence_boxes(records, shape, sample_rate, hop_length, n_fft):
     return torch.stack(boxes)
 
 
-def localisation_metrics(mask, box):
-    """How much of each mask lies on the ground-truth evidence.
+def _midranks(values):
+    """1-based ranks of the ascending-sorted rows ``values`` [B, n], tied
+    values sharing the mean of their ranks (the Mann-Whitney midranks).
+    Returns [B, n] float64."""
+    n = values.shape[1]
+    position = torch.arange(n, device=values.device).expand_as(values)
+    first = torch.ones_like(values, dtype=torch.bool)  # a run of ties starts
+    first[:, 1:] = values[:, 1:] != values[:, :-1]
+    last = torch.ones_like(first)  # a run of ties ends
+    last[:, :-1] = first[:, 1:]
+    start = torch.where(first, position, 0).cummax(1).values
+    end = torch.where(last, position, n - 1).flip(1).cummin(1).values.flip(1)
+    return (start + end).double() / 2 + 1
 
-    With m = |M| and A = mean(box) (the box's share of the T x F bins):
-    * ``evidence_mass`` = sum(m * box) / sum(m), in [0, 1];
+
+def roc_auc(mask, truth):
+    """ROC AUC of the mask's values as a score of the ground-truth bins.
+
+    The probability that a bin of the truth scores above a bin outside it,
+    ties counted half: the Mann-Whitney U over n_pos * n_neg. With r_i the
+    midranks of the n = T*F values (ascending, tied values sharing the mean
+    of their ranks) and P the truth's bins:
+    AUC = (sum_{i in P} r_i - n_pos (n_pos + 1) / 2) / (n_pos * n_neg).
+    Exactly sklearn's ``roc_auc_score`` (and Quantus ``AUC``, which
+    integrates sklearn's ``roc_curve``), computed from one sort per clip on
+    the mask's device. 1 for a mask above the truth everywhere, 0 for one
+    below it everywhere, 0.5 for a constant mask (an all-zero one included).
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        [B, ...] scores (the values as they are: the caller takes abs).
+    truth : torch.Tensor
+        [B, ...] bool ground truth, the shape of ``mask``.
+
+    Returns
+    -------
+    torch.Tensor
+        [B] float64; NaN where the truth is all in or all out (no AUC).
+        Higher is better.
+    """
+    m = mask.detach().flatten(1)
+    return _roc_auc_sorted(m.sort(dim=1), truth.flatten(1).to(m.device).bool())
+
+
+def _roc_auc_sorted(ascending, inside):
+    """``roc_auc`` from the rows' ascending sort ``(values, order)`` [B, n]
+    and the truth ``inside`` [B, n] bool."""
+    values, order = ascending
+    rank_sum = (_midranks(values) * inside.gather(1, order)).sum(1)
+    n_pos = inside.sum(1).double()
+    n_neg = inside.shape[1] - n_pos
+    auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg).clamp(min=1)
+    trivial = (n_pos == 0) | (n_neg == 0)
+    return torch.where(trivial, torch.full_like(auc, float("nan")), auc)
+
+
+def _top_k_overlap(mask, truth):
+    """(I, k), both [B] float64: k = number of truth bins, I = overlap of
+    the mask's top-k bins with the truth, a tie at the k-th value shared
+    fractionally (``topk_iou``)."""
+    m = mask.detach().flatten(1)
+    inside = truth.flatten(1).to(m.device).bool()
+    return _top_k_overlap_sorted(m, m.sort(dim=1).values, inside)
+
+
+def _top_k_overlap_sorted(m, ascending, inside):
+    """``_top_k_overlap`` from the scores m [B, n], their rows sorted
+    ascending, and the truth ``inside`` [B, n] bool."""
+    k = inside.sum(1)
+    n = m.shape[1]
+    kth = ascending.gather(1, (n - k).clamp(max=n - 1)[:, None])
+    above, tied = m > kth, m == kth
+    share = (k - above.sum(1)).double() / tied.sum(1)
+    overlap = (above & inside).sum(1).double()
+    overlap = overlap + share * (tied & inside).sum(1).double()
+    return overlap, k.double()
+
+
+def _iou(overlap, k):
+    """I / (2k - I), the IoU of a k-bin selection with a k-bin truth."""
+    return overlap / (2 * k - overlap).clamp(min=1)
+
+
+def topk_iou(mask, truth):
+    """IoU of the mask's k most relevant bins with the truth, k = its size.
+
+    S_k = the k bins of highest mask value, k = |truth|; IoU = |S_k & truth| /
+    |S_k | truth| = I / (2k - I) with I = |S_k & truth|. Ties at the k-th
+    value: the r bins still to choose among the t bins tied there are shared,
+    each tied bin counting r / t (every bin above counts 1). I is then the
+    expected overlap over all orders of the ties, and the IoU that of the
+    soft selection w (sum w = k) with the truth, sum min(w, truth) /
+    sum max(w, truth); with no tie at the k-th value it is the ordinary IoU.
+    A constant mask (an all-zero one included) scores k / (2n - k), chance.
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        [B, ...] scores (as they are: the caller takes abs).
+    truth : torch.Tensor
+        [B, ...] bool, the shape of ``mask``.
+
+    Returns
+    -------
+    torch.Tensor
+        [B] float64 in [0, 1]; NaN where the truth is empty (k = 0).
+        Higher is better.
+    """
+    overlap, k = _top_k_overlap(mask, truth)
+    iou = _iou(overlap, k)
+    return torch.where(k == 0, torch.full_like(iou, float("nan")), iou)
+
+
+def topk_f1(mask, truth):
+    """F1 (Dice) of the mask's k most relevant bins with the truth, k = its
+    size: 2 I / (|S_k| + |truth|) = I / k, which is also the top-k precision
+    and recall (Quantus ``TopKIntersection`` with that k, and
+    ``RelevanceRankAccuracy``). S_k, I and the tie rule as ``topk_iou``: I / k
+    is the expected F1 over the orders of the ties. A constant mask scores
+    k / n, chance.
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        [B, ...] scores (as they are: the caller takes abs).
+    truth : torch.Tensor
+        [B, ...] bool, the shape of ``mask``.
+
+    Returns
+    -------
+    torch.Tensor
+        [B] float64 in [0, 1]; NaN where the truth is empty.
+        Higher is better.
+    """
+    overlap, k = _top_k_overlap(mask, truth)
+    f1 = overlap / k.clamp(min=1)
+    return torch.where(k == 0, torch.full_like(f1, float("nan")), f1)
+
+
+def relevance_ranks(mask):
+    """Rank of every bin by decreasing mask value: 0 for the most relevant.
+
+    Ties are ordered by the bins' flat index (``torch.argsort(...,
+    stable=True)``: for [B, T, F], earlier frames first, then lower
+    frequency bins), so the order, and the deletion and insertion inputs,
+    are deterministic.
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        [B, ...] mask values.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, ...] int64, each row a permutation of 0 .. n - 1.
+    """
+    m = mask.detach().flatten(1)
+    order = m.argsort(dim=1, descending=True, stable=True)
+    position = torch.arange(m.shape[1], device=m.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, position).view(mask.shape)
+
+
+def top_fraction_masks(mask, steps):
+    """The S + 1 keep-masks of the insertion curve, step s = 0 .. S.
+
+    Step s keeps the floor(s n / S) most relevant of the n bins of each clip
+    (``relevance_ranks``; q = s / S is the nominal fraction): the insertion
+    input is X * keep (only those bins, the rest silent, 0), the deletion
+    input X * ~keep (those bins removed). Step 0 keeps nothing, step S all.
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        [B, ...] mask values.
+    steps : int
+        S >= 1.
+
+    Yields
+    ------
+    torch.Tensor
+        [B, ...] bool, one step at a time (memory: one mask of ranks).
+    """
+    if steps < 1:
+        raise ValueError(f"curve_steps must be >= 1 here, not {steps}.")
+    ranks = relevance_ranks(mask)
+    n = ranks[0].numel()
+    for s in range(steps + 1):
+        yield ranks < (s * n) // steps
+
+
+def curve_area(p):
+    """Area under a curve sampled at q = 0, 1/S, ..., 1 (trapezoid rule):
+    (sum_s p_s - (p_0 + p_S) / 2) / S.
+
+    p: [B, S + 1], S >= 1 (e.g. p_c along the deletion or insertion
+    curve). Returns [B] float64, in [0, 1] for probabilities. Deletion: lower
+    is better; insertion: higher is better.
+    """
+    steps = p.shape[1] - 1
+    if steps < 1:
+        raise ValueError("A curve needs at least 2 points (S >= 1).")
+    return torch.trapezoid(p.double(), dx=1.0 / steps, dim=1)
+
+
+def localisation_metrics(mask, box):
+    """How much of each mask lies on the ground truth, and how well its
+    values rank the truth's bins above the others.
+
+    With m = |M| and A = mean(box) (the truth's share of the T x F bins):
+    * ``evidence_mass`` = sum(m * box) / sum(m), in [0, 1] (Quantus
+      ``RelevanceMassAccuracy``);
     * ``evidence_mass_ratio`` = evidence_mass / A: 1.0 for a uniform mask,
       1 / A for a mask exactly on the box, 0 for one entirely outside;
     * ``pointing_game`` = share of the bins where m reaches its maximum that
       lie in the box: 1 or 0 when the maximum is unique (the pointing game's
       hit), and fair to ties (a uniform mask scores A);
+    * ``roc_auc`` = ``roc_auc(m, box)``: 0.5 for a constant mask;
+    * ``topk_iou``, ``topk_f1`` = ``topk_iou(m, box)``, ``topk_f1(m, box)``,
+      k = |box|: chance k / (2n - k) and A for a constant mask;
     * ``evidence_area`` = A (no direction: what the ratio is relative to).
-    All are better when higher but the area. A clip whose mask is all zero
-    points nowhere: NaN there, left out of the mean like SPS/COMP.
+    All are better when higher but the area.
+
+    Undefined values are NaN, left out of that key's mean
+    (``batch_sums``): a clip whose mask is all zero points nowhere, so its
+    evidence_mass, evidence_mass_ratio and pointing_game are NaN
+    (``UNDEFINED_FOR_EMPTY_MASK``, like SPS/COMP), while roc_auc, topk_iou
+    and topk_f1 rank its (all equal) values and score it at chance, defined.
+    A truth with no bin leaves evidence_mass_ratio, roc_auc, topk_iou and
+    topk_f1 undefined, and one with every bin roc_auc
+    (``UNDEFINED_FOR_TRIVIAL_TRUTH``).
 
     Arguments
     ---------
     mask : torch.Tensor
         [B, T, F] mask M in [0, 1].
     box : torch.Tensor
-        [B, T, F] bool, ``evidence_boxes``; each box must be non-empty.
+        [B, T, F] bool ground truth: ``evidence_boxes``, or e.g. the ideal
+        binary mask of a mixture.
 
     Returns
     -------
     dict
-        name -> [B] float64 tensor.
+        name -> [B] float64 tensor: evidence_mass, evidence_mass_ratio,
+        pointing_game, roc_auc, topk_iou, topk_f1, evidence_area.
     """
-    m = mask.detach().abs().flatten(1).double()
-    inside = box.flatten(1).to(m.device)
+    scores = mask.detach().abs()
+    m = scores.flatten(1).double()
+    inside = box.flatten(1).to(m.device).bool()
     total = m.sum(1)
     area = inside.double().mean(1)
     mass = (m * inside).sum(1) / total
@@ -216,15 +450,25 @@ def localisation_metrics(mask, box):
     hit = (peaks & inside).sum(1).double() / peaks.sum(1)
     empty = total == 0
     nan = torch.full_like(mass, float("nan"))
+    flat = scores.flatten(1)
+    ascending = flat.sort(dim=1)
+    overlap, k = _top_k_overlap_sorted(flat, ascending.values, inside)
+    undefined = k == 0  # no truth: no top-k
     return {
         "evidence_mass": torch.where(empty, nan, mass),
-        "evidence_mass_ratio": torch.where(empty, nan, mass / area),
+        "evidence_mass_ratio": torch.where(
+            empty | (area == 0), nan, mass / area
+        ),
         "pointing_game": torch.where(empty, nan, hit),
+        "roc_auc": _roc_auc_sorted(ascending, inside),
+        "topk_iou": torch.where(undefined, nan, _iou(overlap, k)),
+        "topk_f1": torch.where(undefined, nan, overlap / k.clamp(min=1)),
         "evidence_area": area,
     }
 
 
-# Undefined for an all-zero mask: such a clip is left out of their mean.
+# Undefined for an all-zero mask: NaN there, and such a clip is left out of
+# their mean (and counted in n_empty_masks).
 UNDEFINED_FOR_EMPTY_MASK = (
     "SPS",
     "COMP",
@@ -232,6 +476,20 @@ UNDEFINED_FOR_EMPTY_MASK = (
     "evidence_mass_ratio",
     "pointing_game",
 )
+# Undefined for a ground truth with no bin (roc_auc: or with every bin):
+# NaN there, and that clip is left out of their mean.
+UNDEFINED_FOR_TRIVIAL_TRUTH = (
+    "evidence_mass_ratio",
+    "roc_auc",
+    "topk_iou",
+    "topk_f1",
+)
+# every figure that may be NaN; each is averaged over its own defined clips
+MAY_BE_UNDEFINED = tuple(
+    dict.fromkeys(UNDEFINED_FOR_EMPTY_MASK + UNDEFINED_FOR_TRIVIAL_TRUTH)
+)
+# prefix of the per-figure counts of defined values in ``batch_sums``
+DEFINED = "n_defined:"
 
 
 def batch_sums(values, ids):
@@ -249,31 +507,31 @@ def batch_sums(values, ids):
     -------
     dict
         name -> 0-dim float64 tensor on the device of ``values``: the sum
-        over the clips, those of
-        ``UNDEFINED_FOR_EMPTY_MASK`` over the clips whose mask is not all zero; plus ``n_clips`` and
-        ``n_defined_masks``.
+        over the clips; for a figure of ``MAY_BE_UNDEFINED`` the sum over
+        the clips where it is defined (not NaN), and their number under
+        ``"n_defined:<name>"``; plus ``n_clips`` and ``n_defined_masks``
+        (clips whose mask is not all zero, read from the NaNs of a figure of
+        ``UNDEFINED_FOR_EMPTY_MASK``, one that only an empty mask leaves
+        undefined when there is one; ``n_clips`` when there is none).
 
     Raises
     ------
     ValueError
-        Any figure but those of ``UNDEFINED_FOR_EMPTY_MASK`` is NaN or
-        infinite for some clip: a mean that silently skipped it would be
-        wrong.
+        Any figure is infinite, or NaN but for those of
+        ``MAY_BE_UNDEFINED``, for some clip: a mean that silently skipped it
+        would be wrong.
     """
     device = next(iter(values.values())).device if values else None
-    sums = {
-        "n_clips": torch.tensor(
-            float(len(ids)), dtype=torch.float64, device=device
-        )
-    }
+    n_clips = torch.tensor(float(len(ids)), dtype=torch.float64, device=device)
+    sums = {"n_clips": n_clips, "n_defined_masks": n_clips}
+    by_mask = [n for n in UNDEFINED_FOR_EMPTY_MASK if n in values]
+    by_mask.sort(key=lambda n: n in UNDEFINED_FOR_TRIVIAL_TRUTH)
     for name, value in values.items():
         value = value.detach().double()
-        if name in UNDEFINED_FOR_EMPTY_MASK:
-            sums[name] = value.nansum()
-            defined = (~torch.isnan(value)).double().sum()
-            sums["n_defined_masks"] = defined
-            continue
-        bad = (~torch.isfinite(value)).nonzero().flatten().tolist()
+        defined = ~torch.isnan(value)
+        if name not in MAY_BE_UNDEFINED:
+            defined = torch.ones_like(defined)
+        bad = (defined & ~torch.isfinite(value)).nonzero().flatten().tolist()
         if bad:
             raise ValueError(
                 f"{name} is {value[bad[0]].item()} for clip(s) "
@@ -281,7 +539,13 @@ def batch_sums(values, ids):
                 "non-finite values there (check the clip's audio and the "
                 "checkpoints; under --precision fp16 try bf16 or fp32)."
             )
-        sums[name] = value.sum()
+        if name in MAY_BE_UNDEFINED:
+            sums[name] = value.nansum()
+            sums[DEFINED + name] = defined.double().sum()
+        else:
+            sums[name] = value.sum()
+        if by_mask and name == by_mask[0]:
+            sums["n_defined_masks"] = defined.double().sum()
     return sums
 
 
@@ -292,24 +556,34 @@ def means_from_sums(sums):
     ---------
     sums : dict
         name -> float sum over clips of each per-clip figure, plus
-        ``n_clips`` (number of clips) and ``n_defined_masks`` (clips whose
-        mask is not all zero).
+        ``n_clips`` (number of clips), ``n_defined_masks`` (clips whose
+        mask is not all zero) and, for a figure of ``MAY_BE_UNDEFINED``,
+        ``"n_defined:<name>"`` (clips where it is defined), as
+        ``batch_sums`` gives them.
 
     Returns
     -------
     dict
         ``n_clips``, ``n_empty_masks``, then each figure's mean: the metrics
         of ``HIGHER_IS_BETTER`` first, the others after, by name. Those of
-        ``UNDEFINED_FOR_EMPTY_MASK`` are averaged over the clips with a
-        defined value (None if there are none); every other figure over all
-        clips (None if there are none).
+        ``MAY_BE_UNDEFINED`` are averaged over the clips with a defined
+        value (None if there are none; without their own count, over
+        ``n_defined_masks``); every other figure over all clips (None if
+        there are none).
     """
     sums = dict(sums)
-    n_clips, n_defined = sums.pop("n_clips"), sums.pop("n_defined_masks")
+    n_clips = sums.pop("n_clips")
+    n_defined = sums.pop("n_defined_masks", n_clips)
+    counts = {
+        name[len(DEFINED) :]: sums.pop(name)
+        for name in list(sums)
+        if name.startswith(DEFINED)
+    }
     stats = {"n_clips": int(n_clips), "n_empty_masks": int(n_clips - n_defined)}
     others = sorted(set(sums) - set(HIGHER_IS_BETTER))
     for name in [n for n in HIGHER_IS_BETTER if n in sums] + others:
-        undefined = name in UNDEFINED_FOR_EMPTY_MASK
-        denominator = n_defined if undefined else n_clips
+        denominator = n_clips
+        if name in MAY_BE_UNDEFINED:
+            denominator = counts.get(name, n_defined)
         stats[name] = sums[name] / denominator if denominator else None
     return stats
