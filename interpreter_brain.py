@@ -25,7 +25,7 @@ from speechbrain.utils.logger import get_logger
 
 import metrics
 from checkpoint_policy import save_epoch_checkpoint
-from contamination import InputContamination
+from contamination import InputContamination, ideal_binary_mask
 from cpu_kernels import speed_up_if_cpu
 from distributed import ShardedEvaluation, sum_over_processes, world_size
 from fileio import write_json
@@ -104,9 +104,18 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
     def compute_forward(self, batch, stage):
         """The clips as interpreted (``contamination.InputContamination``),
         one front-end pass, one gradient-free classifier pass, then the
-        method's interpretation. Returns an ``Interpretation``."""
+        method's interpretation. Returns an ``Interpretation``. A
+        contaminated test also sets ``self.ideal_mask`` [B, T, F] bool, the
+        bins where the target dominates the interferer (None otherwise)."""
         batch = batch.to(self.device)
-        wavs = self.input_wavs(batch, stage)
+        wavs, target, interferer = self.input_wavs.parts(batch, stage)
+        self.mixture_parts = None
+        self.ideal_mask = None
+        if interferer is not None:
+            self.mixture_parts = target, interferer
+            self.ideal_mask = ideal_binary_mask(
+                self.hparams.compute_stft, target, interferer
+            )
         X, stft = log_spectrogram(self.hparams.compute_stft, wavs)
         with torch.no_grad():
             hidden, logits = self.classify(X)
@@ -166,7 +175,7 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             p = F.softmax(result.logits.float(), dim=1)
             values = metrics.per_clip_metrics(p, p_in, p_out, M.float(), labels)
             values.update(self.method_metrics(result))
-            if self.evidence is not None:
+            if self.evidence is not None or self.ideal_mask is not None:
                 values.update(self.localisation(M, ids))
             steps = getattr(self.hparams, "curve_steps", 0)
             if steps:
@@ -176,17 +185,28 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         return values
 
     def localisation(self, M, ids):
-        """``metrics.localisation_metrics`` of the masks M [B, T, F] of the
-        clips ``ids`` against their planted-evidence boxes."""
+        """``metrics.localisation_metrics`` of the masks M [B, T', F] of the
+        clips ``ids`` against their ground truth (``ground_truth``)."""
+        return metrics.localisation_metrics(
+            M.float(), self.ground_truth(M, ids)
+        )
+
+    def ground_truth(self, M, ids):
+        """[B, T', F] bool, where the class evidence of the clips ``ids``
+        lies on the grid of the masks M [B, T', F] (T' <= T: a mask cropped
+        to a decoder's first frames): under test contamination the ideal
+        binary mask of the target (``self.ideal_mask``, any data), else the
+        planted-evidence boxes of generated data."""
+        if self.ideal_mask is not None:
+            return self.ideal_mask[:, : M.shape[1]]
         stft = self.hparams.compute_stft
-        box = metrics.evidence_boxes(
+        return metrics.evidence_boxes(
             evidence_records(self.evidence, ids, self.hparams.data_folder),
             M.shape[1:],
             stft.sample_rate,
             stft.hop_length,
             stft.n_fft,
-        )
-        return metrics.localisation_metrics(M.float(), box)
+        ).to(M.device)
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the metric sums."""
@@ -237,11 +257,11 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         ``interpretations_<contamination>/``) with original.wav (the input as
         interpreted), interpretation.wav (ISTFT of expm1(M*X) with the
         original phase), mask.npy (float32 [T, F]), spectra.png and clip.json
-        (classes and per-clip metrics ``values``); for mixtures also
-        target.wav and interferer.wav. A mask cropped to a decoder's first
-        frames is padded with zeros to the whole clip first
-        (``interpretation.pad_to_input``): nothing of the frames it does not
-        reach is kept."""
+        (classes and per-clip metrics ``values``); for a contaminated test
+        also target.wav and interferer.wav (the two terms, as summed). A
+        mask cropped to a decoder's first frames is padded with zeros to the
+        whole clip first (``interpretation.pad_to_input``): nothing of the
+        frames it does not reach is kept."""
         import plotting  # matplotlib/librosa are imported only when needed
 
         hp = self.hparams
@@ -252,9 +272,8 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         audios["interpretation.wav"] = interpretation_wavs(
             hp.compute_istft, result.X_int, result.stft, result.wav.shape[1]
         )
-        if self.contamination == "mixtures":
-            audios["target.wav"] = batch.sig.data
-            audios["interferer.wav"] = batch.interferer_sig.data
+        if self.mixture_parts is not None:  # the two terms, as summed
+            audios["target.wav"], audios["interferer.wav"] = self.mixture_parts
         folder = f"{hp.output_folder}/interpretations{self.input_wavs.suffix}"
         names = hp.label_encoder.ind2lab
         plotting.save_batch(

@@ -211,6 +211,23 @@ class WhamNoise(torch.utils.data.Dataset):
         return torch.stack([self._clip(i) for i in indices.tolist()])
 
 
+def parts_at_0db(signals, noise, eps=1e-8):
+    """The two terms of ``mix_at_0db``, as summed: (s', n') with
+    s' = s / (||s||_2 + eps) / peak, n' = n / (||n||_2 + eps) / peak and
+    peak = max|s / (||s|| + eps) + n / (||n|| + eps)| + eps per clip, so that
+    s' + n' is the mix. Same arguments and checks as ``mix_at_0db``."""
+    if signals.shape != noise.shape:
+        raise ValueError(
+            f"signals {tuple(signals.shape)} and noise "
+            f"{tuple(noise.shape)} must have the same shape."
+        )
+    noise = noise.to(device=signals.device, dtype=signals.dtype)
+    s = signals / (signals.norm(dim=-1, keepdim=True) + eps)
+    n = noise / (noise.norm(dim=-1, keepdim=True) + eps)
+    peak = (s + n).abs().amax(dim=-1, keepdim=True) + eps
+    return s / peak, n / peak
+
+
 def mix_at_0db(signals, noise, eps=1e-8):
     """Mixes each signal with its noise at 0 dB, then peak-normalises.
 

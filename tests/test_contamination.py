@@ -27,14 +27,15 @@ def test_unknown_mode_is_named():
 
 def test_white_noise_is_reproducible_and_changes_the_clip():
     wavs = torch.sin(torch.linspace(0, 100, 1600)).unsqueeze(0)
-    a = contamination.contaminate(
+    a, target, noise = contamination.contaminate(
         "white_noise", wavs, generator=torch.Generator().manual_seed(3)
     )
-    b = contamination.contaminate(
+    b, _, _ = contamination.contaminate(
         "white_noise", wavs, generator=torch.Generator().manual_seed(3)
     )
     assert torch.equal(a, b) and not torch.allclose(a, wavs / wavs.abs().max())
-    assert contamination.contaminate("none", wavs) is wavs
+    assert torch.equal(target + noise, a)
+    assert contamination.contaminate("none", wavs) == (wavs, None, None)
 
 
 def test_interferer_is_another_class_and_stable(tmp_path):
@@ -61,9 +62,13 @@ def test_interferer_is_another_class_and_stable(tmp_path):
         )
 
 
-@pytest.mark.parametrize("mode", ["none", "mixtures", "white_noise", "wham"])
-def test_out_of_domain_evaluation(mode, trained_l2i, tmp_path):
-    """--test_only --eval_contamination <mode> on a trained L2I run."""
+@pytest.mark.parametrize(
+    "mode", ["none", "mixtures", "white_noise", "wham", "speech"]
+)
+def test_out_of_domain_evaluation(mode, trained_l2i, wham_folder, tmp_path):
+    """--test_only --eval_contamination <mode> on a trained L2I run; the
+    masks of a contaminated test are scored against the target's ideal
+    binary mask (the localisation keys), and its two terms are saved."""
     out, args = trained_l2i
     clean = (out / "test_metrics.json").read_text()
     run_script(
@@ -73,6 +78,8 @@ def test_out_of_domain_evaluation(mode, trained_l2i, tmp_path):
         "--test_only",
         "--eval_contamination",
         mode,
+        "--speech_folder",  # any folder of wav files stands in for speech
+        wham_folder / "tr",
     )
     name = (
         "test_metrics.json" if mode == "none" else f"test_metrics_{mode}.json"
@@ -85,8 +92,102 @@ def test_out_of_domain_evaluation(mode, trained_l2i, tmp_path):
     check_interpretations(
         out,
         subfolder=subfolder,
-        extra=("interferer.wav", "target.wav") if mode == "mixtures" else (),
+        extra=("interferer.wav", "target.wav") if mode != "none" else (),
     )
+    if mode != "none":
+        for key in ("evidence_mass", "pointing_game", "evidence_area"):
+            assert results[key] is not None, key
     if mode != "none":  # the clean result is left as it was
         assert (out / "test_metrics.json").read_text() == clean
         assert json.loads(clean)["contamination"] == "none"
+
+
+def test_mixture_terms_sum_to_the_mixture():
+    """The two terms a contaminated test scores against are exactly what was
+    summed: parts_of_gains adds up to mix_gains, parts_at_0db to
+    mix_at_0db (float32 rounding of one division each: 1e-6)."""
+    from wham_prepare import mix_at_0db, parts_at_0db
+
+    s, n = torch.randn(3, 800), torch.randn(3, 800)
+    target, interferer = contamination.parts_of_gains(s, n)
+    assert torch.allclose(
+        target + interferer, contamination.mix_gains(s, n), atol=1e-6
+    )
+    target, noise = parts_at_0db(s, n)
+    assert torch.allclose(target + noise, mix_at_0db(s, n), atol=1e-6)
+
+
+def test_ideal_binary_mask_of_two_tones():
+    """A 1 kHz target over a 3 kHz interferer of half its amplitude: the
+    target dominates the bins around 1 kHz and nowhere near 3 kHz; swapped,
+    the mask is the complement's bins there."""
+    from speechbrain.processing.features import STFT
+
+    stft = STFT(
+        sample_rate=16000, n_fft=1024, win_length=23.2199, hop_length=11.6099
+    )
+    t = torch.arange(16000) / 16000
+    target = torch.sin(2 * torch.pi * 1000 * t).unsqueeze(0)
+    interferer = 0.5 * torch.sin(2 * torch.pi * 3000 * t).unsqueeze(0)
+    ibm = contamination.ideal_binary_mask(stft, target, interferer)
+    bin_of = lambda hz: round(hz * 1024 / 16000)  # noqa: E731
+    frames = slice(5, -5)  # away from the clip's edges
+    assert ibm.shape == (1, 87, 513) and ibm.dtype == torch.bool
+    assert ibm[0, frames, bin_of(1000)].all()
+    assert not ibm[0, frames, bin_of(3000)].any()
+    swapped = contamination.ideal_binary_mask(stft, interferer, target)
+    assert swapped[0, frames, bin_of(3000)].all()
+    assert not swapped[0, frames, bin_of(1000)].any()
+
+
+@pytest.mark.parametrize("reference", ["oracle", "uniform"])
+def test_real_clips_mixtures_score_against_the_ideal_mask(reference, tmp_path):
+    """The five real ESC-50 sample clips, test folds 1-3 (dog, car horn,
+    thunderstorm), mixed with another class's clip: the oracle (the ideal
+    binary mask itself) puts all its mass on the truth and points at it;
+    the uniform mask scores chance (mass ratio 1). No planted evidence is
+    involved: the truth comes from the mixture."""
+    import shutil
+
+    from conftest import ROOT
+
+    data = tmp_path / "ESC50"
+    shutil.copytree(f"{ROOT}/tests/samples/ESC50", data)
+    out = tmp_path / reference
+    run_script(
+        "interpret_reference.py",
+        "hparams/reference_conv2d.yaml",
+        "--data_folder",
+        data,
+        "--output_folder",
+        out,
+        "--train_fold_nums",
+        "[4]",
+        "--valid_fold_nums",
+        "[5]",
+        "--test_fold_nums",
+        "[1, 2, 3]",
+        "--use_pretrained",
+        False,
+        "--reference",
+        reference,
+        "--eval_contamination",
+        "mixtures",
+        "--save_interpretations",
+        False,
+        "--device",
+        "cpu",
+        "--noprogressbar",
+    )
+    stats = json.loads((out / "test_metrics_mixtures.json").read_text())
+    assert stats["n_clips"] == 3 and stats["n_empty_masks"] == 0
+    assert 0 < stats["evidence_area"] < 1
+    if reference == "oracle":
+        assert stats["evidence_mass"] == pytest.approx(1.0)
+        assert stats["pointing_game"] == pytest.approx(1.0)
+        # the mean over clips of 1 / area: far above chance (1)
+        assert stats["evidence_mass_ratio"] > 1 / stats["evidence_area"]
+    else:
+        assert stats["evidence_mass_ratio"] == pytest.approx(1.0)
+        assert stats["evidence_mass"] == pytest.approx(stats["evidence_area"])
+        assert stats["pointing_game"] == pytest.approx(stats["evidence_area"])

@@ -438,8 +438,12 @@ def test_best_validation_checkpoint_is_tested(
     assert new_lines.startswith("Epoch loaded: 2 - test")
     assert psi_weights_equal(retest.modules.psi, best.paramfiles["psi"])
     retested = json.loads((out / "test_metrics.json").read_text())
-    for name in metrics.HIGHER_IS_BETTER:
-        assert retested[name] == pytest.approx(tested[name], abs=1e-6), name
+    # the same process and threads reload the same weights: only float
+    # rounding may differ (curves are off: their keys are absent)
+    for name in [n for n in metrics.HIGHER_IS_BETTER if n in tested]:
+        assert retested[name] == pytest.approx(
+            tested[name], rel=1e-6, abs=1e-9
+        ), name
 
 
 def test_debug_run_keeps_one_checkpoint_at_a_time(
@@ -558,8 +562,15 @@ def test_ddp_two_cpu_processes(
             False,
         )
         alone = check_test_metrics(single, n_clips=n_test)
-        for name in metrics.HIGHER_IS_BETTER:
-            assert results[name] == pytest.approx(alone[name], abs=1e-6), name
+        # 2 gloo processes of 1 thread against 1 process of 2 threads: the
+        # float32 sums run in another order (measured on an AMD EPYC: AD
+        # 2.7041544 vs 2.7041525, 7e-7 relative). rel 1e-4 covers any CPU,
+        # while a clip counted twice or missed moves a mean over 4 clips by
+        # 25%; the integer-valued metrics are compared exactly by it too.
+        for name in [n for n in metrics.HIGHER_IS_BETTER if n in alone]:
+            assert results[name] == pytest.approx(
+                alone[name], rel=1e-4, abs=1e-9
+            ), name
 
 
 # --------------------------------------------------------------------------
