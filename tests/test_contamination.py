@@ -183,11 +183,12 @@ def test_real_clips_mixtures_score_against_the_ideal_mask(reference, tmp_path):
     assert stats["n_clips"] == 3 and stats["n_empty_masks"] == 0
     assert 0 < stats["evidence_area"] < 1
     if reference == "oracle":
-        assert stats["evidence_mass"] == pytest.approx(1.0)
-        assert stats["pointing_game"] == pytest.approx(1.0)
+        for key in ("evidence_mass", "pointing_game", "roc_auc", "topk_iou"):
+            assert stats[key] == pytest.approx(1.0), key
         # the mean over clips of 1 / area: far above chance (1)
         assert stats["evidence_mass_ratio"] > 1 / stats["evidence_area"]
     else:
         assert stats["evidence_mass_ratio"] == pytest.approx(1.0)
+        assert stats["roc_auc"] == pytest.approx(0.5)
         assert stats["evidence_mass"] == pytest.approx(stats["evidence_area"])
         assert stats["pointing_game"] == pytest.approx(stats["evidence_area"])
