@@ -230,9 +230,10 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
             return
         stats = self.reduce_metrics(stage_loss)
         if stage == sb.Stage.VALID:
-            old_lr, _ = self.hparams.lr_annealing(
+            old_lr, new_lr = self.hparams.lr_annealing(
                 [self.optimizer], epoch, 1.0 - stats["fidelity_in"]
             )
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr},
                 train_stats=self.train_stats,

@@ -69,9 +69,10 @@ class ClassifierBrain(sb.Brain):
             "error_rate": float(self.error_metrics.summarize("average")),
         }
         if stage == sb.Stage.VALID:
-            old_lr, _ = self.hparams.lr_annealing(
+            old_lr, new_lr = self.hparams.lr_annealing(
                 [self.optimizer], epoch, stats["error_rate"]
             )
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
                 {"epoch": epoch, "lr": old_lr}, self.train_stats, stats
             )

@@ -39,6 +39,7 @@ from conftest import (
     tiny_piq_argv,
 )
 from experiment import (
+    make_brain,
     make_datasets,
     prepare_manifests,
     run_interpreter,
@@ -669,3 +670,58 @@ def test_exported_checkpoints_load_strictly(trained_classifier, trained_nmf):
         )
     with pytest.raises(RuntimeError, match="does not match"):
         strict_load(hparams["classifier"], decoder)
+
+
+# --------------------------------------------------------------------------
+# Learning-rate schedule
+
+
+@pytest.mark.parametrize("script", ["piq", "classifier"])
+def test_plateau_halves_the_optimizers_learning_rate(
+    script, synthetic_data, trained_classifier, tmp_path
+):
+    """The schedule's new learning rate reaches the optimizer (as the public
+    recipe's ``update_learning_rate``): with patience 0 and no epoch held
+    back, a validation worse than the previous one halves it."""
+    from speechbrain.nnet.schedulers import ReduceLROnPlateau
+
+    import train_classifier
+
+    out = tmp_path / script
+    if script == "piq":
+        argv = tiny_piq_argv(synthetic_data, trained_classifier, out)
+        hparams, run_opts = setup_experiment(argv)
+        prepare_manifests(hparams)
+        load_classifier(hparams)
+        brain = make_brain(PIQBrain, hparams, run_opts)
+        worse = [{"loss": 1.0, "fidelity_in": f} for f in (1.0, 0.0)]
+    else:
+        hparams, run_opts = setup_experiment(
+            [
+                os.path.join(ROOT, "hparams", "classifier_conv2d.yaml"),
+                "--data_folder",
+                str(synthetic_data),
+                "--output_folder",
+                str(out),
+                *TINY,
+            ]
+        )
+        brain = make_brain(train_classifier.ClassifierBrain, hparams, run_opts)
+        worse = [{"error_rate": e} for e in (0.0, 1.0)]
+    brain.hparams.lr_annealing = ReduceLROnPlateau(
+        factor=0.5, patience=0, dont_halve_until_epoch=0
+    )
+    brain.init_optimizers()
+    lr = brain.optimizer.param_groups[0]["lr"]
+    brain.train_stats = {"loss": 1.0}
+    for epoch, stats in enumerate(worse, start=1):
+        if script == "piq":
+            brain.reduce_metrics = lambda loss, stats=stats: dict(stats)
+        else:
+            brain.error_metrics = type(
+                "Fixed",
+                (),
+                {"summarize": lambda self, _, e=stats: e["error_rate"]},
+            )()
+        brain.on_stage_end(sb.Stage.VALID, 1.0, epoch)
+    assert brain.optimizer.param_groups[0]["lr"] == pytest.approx(lr / 2)
