@@ -26,7 +26,8 @@ References bracket the table: ``oracle`` (the evidence box itself:
 ``meta/evidence.json`` (real ESC-50) the localisation columns and the oracle
 are left out. Architectures are shrunk so that the default run takes minutes
 on 2 CPU cores (README, "Which interpreter to trust"); the scripts resume from
-their checkpoints if the output folder already holds them.
+their checkpoints if the output folder already holds them. Every script runs
+on ``--device`` (default ``cuda:0`` when CUDA is available, else ``cpu``).
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -42,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
@@ -338,6 +340,11 @@ def parse_args(argv):
         "conv2d=results/compare/classifiers/conv2d",
     )
     parser.add_argument("--no_gallery", action="store_true")
+    parser.add_argument(
+        "--device",
+        default="cuda:0" if torch.cuda.is_available() else "cpu",
+        help="of every script (default: cuda:0 if CUDA is available, else cpu)",
+    )
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")
     args.classifier = dict(item.split("=", 1) for item in args.classifier)
@@ -373,7 +380,7 @@ def main(argv=None):
             "--data_folder",
             data,
             "--device",
-            "cpu",
+            args.device,
             "--noprogressbar",
         ]
     )

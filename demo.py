@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The recipe end to end on generated data: no download, CPU, a few minutes.
+"""The recipe end to end on generated data: no download, a few minutes.
 
 Run (README command 1 sets up the venv first):
     python demo.py
@@ -15,7 +15,8 @@ Run (README command 1 sets up the venv first):
 
 Architectures are shrunk (emb_dim 32, K 128) and PIQ is trained with batches of
 2, lr 0.001 and rec_loss_coef 10 so that it converges in 10 epochs on 2 CPU cores;
-every script is run exactly as a user would run it.
+every script is run exactly as a user would run it, on ``--device`` (default
+``cuda:0`` when CUDA is available, else ``cpu``).
 """
 
 import argparse
@@ -26,6 +27,7 @@ import pathlib
 import subprocess
 import sys
 
+import torch
 from speechbrain.utils.logger import get_logger
 
 import synthetic_esc50
@@ -48,6 +50,11 @@ def main():
     )
     parser.add_argument("--classifier_epochs", type=int, default=15)
     parser.add_argument("--piq_epochs", type=int, default=10)
+    parser.add_argument(
+        "--device",
+        default="cuda:0" if torch.cuda.is_available() else "cpu",
+        help="of every script (default: cuda:0 if CUDA is available, else cpu)",
+    )
     args = parser.parse_args()
     out = os.path.abspath(args.output_folder)
     data, classifier, piq = (
@@ -62,7 +69,7 @@ def main():
         "--out_n_neurons",
         n_classes,
         "--device",
-        "cpu",
+        args.device,
         "--noprogressbar",
     ]
     run(

@@ -15,7 +15,10 @@ explained. For each file, ``<output_folder>/<file name>/`` gets
 ``interpretation.wav`` (the file's duration, 16 kHz), ``mask.npy`` (float32
 [frames, 513]), ``spectra.png`` and ``classes.json`` (the top classes and
 their probabilities, averaged over the windows), and the top classes are
-logged. In Python::
+logged. The windows of all the files go through the interpreter
+``--batch_size`` at a time (default 16), so a long file does not need its
+whole length in one forward pass; ``--device`` defaults to ``cuda:0`` when
+CUDA is available, else ``cpu``. In Python::
 
     from interpret_file import AudioInterpreter
     interpreter = AudioInterpreter.from_hparams(source="results/piq/1234")
@@ -46,6 +49,15 @@ from front_end import (
 from pretrained import load_weights, read_label_file
 
 logger = get_logger(__name__)
+# windows per forward pass: bounds the memory a long file needs (a 5 s
+# window is a [431, 513] spectrogram through the classifier and the decoder)
+BATCH_SIZE = 16
+
+
+def default_device():
+    """``cuda:0`` when CUDA is available, else ``cpu``."""
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
 
 # script a run folder holds -> the Brain class of its method
 METHODS = {
@@ -66,10 +78,15 @@ class AudioInterpreter:
         The method's Brain, its interpreter loaded and in eval mode.
     labels : speechbrain.dataio.encoder.CategoricalEncoder
         The classifier's label mapping.
+    batch_size : int
+        Windows per forward pass (all files' windows, in order).
     """
 
-    def __init__(self, brain, labels):
+    def __init__(self, brain, labels, batch_size=BATCH_SIZE):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: give at least 1.")
         self.brain = brain
+        self.batch_size = batch_size
         self.hparams = brain.hparams
         self.labels = labels
         self.sample_rate = self.hparams.sample_rate
@@ -81,11 +98,15 @@ class AudioInterpreter:
         self.window_hop = (self.window // 2 // hop) * hop
 
     @classmethod
-    def from_hparams(cls, source, savedir=None, device="cpu"):
+    def from_hparams(
+        cls, source, savedir=None, device=None, batch_size=BATCH_SIZE
+    ):
         """The interpreter of a run folder (``source``: a local output folder
         of train_piq.py, train_l2i.py or interpret_amt.py) or of a Hugging
         Face hub repository holding the same files (downloaded to
-        ``savedir``)."""
+        ``savedir``), on ``device`` (default: ``default_device()``),
+        ``batch_size`` windows per forward pass."""
+        device = device or default_device()
         folder = source
         if not os.path.isdir(source):
             from huggingface_hub import snapshot_download
@@ -131,7 +152,7 @@ class AudioInterpreter:
                 )
             brain.checkpointer.recover_if_possible(min_key=brain.best_key)
         brain.modules.eval()
-        return cls(brain, hparams["label_encoder"])
+        return cls(brain, hparams["label_encoder"], batch_size)
 
     def windows(self, wav):
         """wav [N] -> ([W, window] peak-normalised windows, their start
@@ -148,8 +169,8 @@ class AudioInterpreter:
 
     @torch.no_grad()
     def interpret_batch(self, wavs, top_k=5):
-        """Interprets several waveforms at once (all their windows in one
-        batch).
+        """Interprets several waveforms at once: all their windows, in
+        order, ``batch_size`` at a time.
 
         Arguments
         ---------
@@ -167,17 +188,17 @@ class AudioInterpreter:
         """
         brain, hp = self.brain, self.hparams
         pieces = [self.windows(wav) for wav in wavs]
-        batch = torch.cat([chunks for chunks, _ in pieces]).to(brain.device)
-        X, stft = log_spectrogram(hp.compute_stft, batch)
-        hidden, logits = brain.classify(X)
-        masks = brain.interpret(X, stft, hidden, logits, sb.Stage.TEST).mask
-        probs = torch.softmax(logits.float(), dim=1).cpu()
-        masks, hop, results, first = (
-            masks.float().cpu(),
-            hp.compute_stft.hop_length,
-            [],
-            0,
-        )
+        windows = torch.cat([chunks for chunks, _ in pieces])
+        masks, probs = [], []
+        for batch in windows.split(self.batch_size):
+            batch = batch.to(brain.device)
+            X, stft = log_spectrogram(hp.compute_stft, batch)
+            hidden, logits = brain.classify(X)
+            mask = brain.interpret(X, stft, hidden, logits, sb.Stage.TEST).mask
+            masks.append(mask.float().cpu())
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        masks, probs = torch.cat(masks), torch.cat(probs)
+        hop, results, first = hp.compute_stft.hop_length, [], 0
         for wav, (chunks, starts) in zip(wavs, pieces):
             rows = slice(first, first + len(starts))
             first += len(starts)
@@ -217,8 +238,8 @@ class AudioInterpreter:
         return self.interpret_files([path], top_k)[0]
 
     def interpret_files(self, paths, top_k=5):
-        """Loads the files (``front_end.load_audio``) and interprets them in
-        one batch. An empty file is an error naming it."""
+        """Loads the files (``front_end.load_audio``) and interprets them
+        (``interpret_batch``). An empty file is an error naming it."""
         wavs = []
         for path in paths:
             wav = load_audio(path, self.sample_rate)
@@ -260,10 +281,24 @@ def main(argv):
     parser.add_argument("source", help="run folder (or hub repository)")
     parser.add_argument("files", nargs="+", help="sound files")
     parser.add_argument("--output_folder", default="interpretations")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device",
+        default=default_device(),
+        help="default: cuda:0 if CUDA is available, else cpu",
+    )
     parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=BATCH_SIZE,
+        help="5 s windows per forward pass (all files' windows, in order)",
+    )
     args = parser.parse_args(argv)
-    interpreter = AudioInterpreter.from_hparams(args.source, device=args.device)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size {args.batch_size}: give at least 1")
+    interpreter = AudioInterpreter.from_hparams(
+        args.source, device=args.device, batch_size=args.batch_size
+    )
     results = interpreter.interpret_files(args.files, args.top_k)
     for path, result in zip(args.files, results):
         name = os.path.basename(path)

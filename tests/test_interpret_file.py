@@ -67,6 +67,9 @@ def test_files_of_any_rate_channels_and_length(piq_run, recordings, tmp_path):
         out,
         "--top_k",
         2,
+        # 7 windows (the 12 s file has 4): batches of 3 cross the files
+        "--batch_size",
+        3,
     )
     hop = 186  # STFT hop (samples at 16 kHz)
     for name, (_, _, seconds, _) in FILES.items():
@@ -101,6 +104,47 @@ def test_long_file_mask_is_the_windows_mask_where_they_do_not_overlap(
     np.testing.assert_allclose(
         whole["mask"][:frames], first["mask"][:frames], atol=1e-5
     )
+
+
+def test_windows_in_small_batches_give_the_one_pass_results(piq_run):
+    """More windows than the batch size (9 windows: 12 s, 3 s and 12 s
+    files), batches of 1, 2 and 4 crossing the files' boundaries: the masks,
+    interpretations and probabilities of one pass of all 9 windows. Every
+    window is interpreted on its own (eval mode, no batch statistics), so
+    only float rounding may differ: oneDNN and MKL choose their kernels'
+    blocking by batch size, which can change the summation order by one
+    float32 ulp in the classifier's logits or the decoder's output (~1e-7
+    on values of order 1); masks and probabilities lie in [0, 1], so an
+    absolute 1e-5 is far below any change a batching bug would make (a
+    window's mask given to another window, a window dropped). On the CPU
+    where this was written (Xeon, AVX-512) batches of 1 changed masks by at
+    most 6e-8, one ulp at 0.5."""
+    interpreter = AudioInterpreter.from_hparams(str(piq_run), device="cpu")
+    rng = np.random.default_rng(2)
+    wavs = [
+        torch.from_numpy(rng.standard_normal(16000 * s).astype("float32"))
+        for s in (12, 3, 12)
+    ]
+    assert sum(len(interpreter.windows(w)[1]) for w in wavs) == 9
+    interpreter.batch_size = 9
+    whole = interpreter.interpret_batch(wavs, top_k=3)
+    for batch_size in (1, 2, 4):
+        interpreter.batch_size = batch_size
+        parts = interpreter.interpret_batch(wavs, top_k=3)
+        for one, other in zip(whole, parts):
+            for key in ("mask", "X", "interpretation"):
+                np.testing.assert_allclose(
+                    np.asarray(other[key]), np.asarray(one[key]), atol=1e-5
+                )
+            # top_k = all 3 classes: the same probability for each (the
+            # order of two near-equal ones could swap by rounding)
+            p_one, p_other = (
+                dict(one["top_classes"]),
+                dict(other["top_classes"]),
+            )
+            assert sorted(p_other) == sorted(p_one)
+            for name, p in p_one.items():
+                assert p_other[name] == pytest.approx(p, abs=1e-5), name
 
 
 @pytest.mark.parametrize("problem", ["unreadable", "empty", "no_checkpoint"])
