@@ -73,11 +73,16 @@ def check_test_metrics(folder, n_clips=N_TEST_CLIPS, name="test_metrics.json"):
 
 
 def check_interpretations(
-    folder, n_clips=N_TEST_CLIPS, subfolder="interpretations", extra=()
+    folder,
+    n_clips=N_TEST_CLIPS,
+    subfolder="interpretations",
+    extra=(),
+    sample_rate=16000,
 ):
     """Every test clip has its five files (and ``extra`` ones); clip.json
     names the clip and holds every metric; masks are float32 [431, 513] in
-    [0, 1]; every wav is 5 s at 16 kHz and finite."""
+    [0, 1]; every wav is 5 s at ``sample_rate`` (Hz; 44100 for the CNN14
+    configs) and finite."""
     clips = sorted(os.listdir(os.path.join(folder, subfolder)))
     assert len(clips) == n_clips
     expected = sorted(
@@ -103,8 +108,8 @@ def check_interpretations(
         for name in [name for name in expected if name.endswith(".wav")]:
             audio, sr = sf.read(os.path.join(clip_folder, name))
             assert (
-                sr == 16000
-                and audio.shape == (80000,)
+                sr == sample_rate
+                and audio.shape == (5 * sample_rate,)
                 and np.isfinite(audio).all()
             )
 
