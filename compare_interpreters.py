@@ -1,42 +1,53 @@
 #!/usr/bin/env python3
-"""Ranks interpreters against planted ground truth: one command, one table.
+"""Ranks interpreters against ground truth, with the answers that need no
+classifier beside them: one command, one table, several seeds.
 
 Run:
     python compare_interpreters.py
-    python compare_interpreters.py --methods piq,lmac,saliency,oracle,uniform
-    python compare_interpreters.py --data_folder /data/ESC50 --methods piq,gradcam
+    python compare_interpreters.py --methods piq,lmac,saliency,energy,oracle,uniform
+    python compare_interpreters.py --data_folder /data/ESC50 --eval_contamination mixtures
 
-By default it generates 4-class ESC-50-layout data whose class evidence (two
-tones) lies in a recorded time-frequency box (``synthetic_esc50.py``), trains
-the small classifiers the methods explain once (conv2d; FocalNet and ViT for
-AMT), trains or runs every interpreter on them exactly as a user would run
-its script, and evaluates all of them on the same test clips. Each method's
-metrics come from its own ``test_metrics.json``; written to the output folder:
+By default, for each seed (``--seeds``, 3) it generates 4-class ESC-50-layout
+data (``synthetic_esc50.py``: class evidence in a recorded box among louder
+class-irrelevant distractors), trains the small classifiers the methods
+explain (conv2d; FocalNet and ViT for AMT), trains or runs every interpreter
+on them as a user would run its script, with the same budget for every
+trained interpreter (``--epochs``, ``--batch_size``, ``--lr``; nothing tuned
+per method), and tests all of them on the same clips. On a data folder of
+your own (real ESC-50) the ground truth comes from mixtures instead:
+``--eval_contamination mixtures`` (or white_noise, wham, speech) scores every
+mask against the target's ideal binary mask. Written to the output folder:
 
-* ``comparison.csv`` and ``comparison.md``: one row per method, best
-  localisation (``evidence_mass_ratio``) first, and the direction of every
-  column;
-* ``comparison.png``: localisation against faithfulness, one point per method;
-* ``gallery/index.html``: every method's interpretations of the same clips,
-  to listen to side by side (``make_gallery.py``).
+* ``comparison.md``, ``.csv``, ``.json``: one row per method, every metric as
+  mean and 95% interval over the seeds, ranked by ``roc_auc`` (the mask's
+  values as a score of the ground-truth bins; 0.5 is chance), references
+  apart, AMT (other classifiers) in a table of its own;
+* ``comparison.png``: localisation and the randomisation check with their
+  intervals;
+* ``gallery/index.html``: every method's interpretations of the first seed's
+  test clips, to listen to side by side (``make_gallery.py``).
 
-References bracket the table: ``oracle`` (the evidence box itself:
-``evidence_mass_ratio`` = 1 / the box's share of the spectrogram) and
-``uniform`` (M = 1 everywhere: ratio 1.0). On a data folder without
-``meta/evidence.json`` (real ESC-50) the localisation columns and the oracle
-are left out. Architectures are shrunk so that the default run takes minutes
-on 2 CPU cores (README, "Which interpreter to trust"); the scripts resume from
-their checkpoints if the output folder already holds them. Every script runs
-on ``--device`` (default ``cuda:0`` when CUDA is available, else ``cpu``).
+References bracket the table (``interpret_reference.py``): the oracle (the
+ground truth itself), uniform and random masks (chance), and two energy
+masks that need no classifier (``energy``: X / max X; ``energy_threshold``:
+PIQ's target X > 0.35 max X). A method that does not beat the energy masks
+explains loudness. The sanity check (``sanity.py``, Adebayo et al. 2018):
+on the first seed every method is run again on the classifier with its
+weights randomised, and ``randomisation_rank_corr`` is the rank correlation
+of its masks with the first run's (an explanation of the classifier must
+change: near 1 means it explains the input, not the classifier). Runs
+resume from their checkpoints if the output folder already holds them;
+every script runs on ``--device`` (default ``cuda:0`` when CUDA is
+available, else ``cpu``).
 
 Authors: the ESC-50 interpretability recipe developers.
 """
 
 import argparse
 import csv
-import io
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -48,8 +59,8 @@ from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 import synthetic_esc50
-from fileio import write_atomically
-from metrics import HIGHER_IS_BETTER
+from comparison_report import plot_comparison, summarise, write_tables
+from sanity import mask_rank_correlation, randomise_classifier
 
 logger = get_logger(__name__)
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -84,41 +95,22 @@ def gradient(label, attribution):
 def reference(label, kind):
     """A reference mask of ``interpret_reference.py`` on conv2d."""
     return Method(
-        label,
+        f"{label} (reference)",
         "interpret_reference.py",
         "hparams/reference_conv2d.yaml",
         args=("--reference", kind),
     )
 
 
-# name -> method; the settings train in a few epochs on the generated data
-# (small batches give the decoders enough steps)
+# name -> method, each with its YAML's settings: the trained ones share the
+# budget of the command line (--epochs, --batch_size, --lr), nothing else
 METHODS = {
-    "piq": Method(
-        "PIQ",
-        "train_piq.py",
-        "hparams/piq.yaml",
-        args=("--K", 128, "--lr", 0.001, "--rec_loss_coef", 10),
-        trains=True,
-    ),
+    "piq": Method("PIQ", "train_piq.py", "hparams/piq.yaml", trains=True),
     "l2i": Method(
-        "L2I",
-        "train_l2i.py",
-        "hparams/l2i_conv2d.yaml",
-        args=("--lr", 0.001),
-        trains=True,
-        nmf=True,
+        "L2I", "train_l2i.py", "hparams/l2i_conv2d.yaml", trains=True, nmf=True
     ),
-    # The small conv2d's cosine scores give flat probabilities, so with the
-    # public mask-size weight 0.4 the cross-entropy terms favour a broad mask
-    # (measured: evidence_mass_ratio 0.9 to 1.1, its maximum on the evidence
-    # in 96% of clips); 2.0 makes the mask small (ratio 4.6, Fid-In 1.0).
     "lmac": Method(
-        "L-MAC",
-        "train_lmac.py",
-        "hparams/lmac_conv2d.yaml",
-        args=("--lr", 0.001, "--reg_w_l1", 2.0),
-        trains=True,
+        "L-MAC", "train_lmac.py", "hparams/lmac_conv2d.yaml", trains=True
     ),
     "amt_focalnet": Method(
         "AMT-FocalNet",
@@ -135,8 +127,11 @@ METHODS = {
     ),
     "smoothgrad": gradient("SmoothGrad", "smoothgrad"),
     "gradcam": gradient("Grad-CAM", "gradcam"),
-    "uniform": reference("Uniform mask (reference)", "uniform"),
-    "oracle": reference("Oracle mask (reference)", "oracle"),
+    "energy": reference("Energy X / max X", "energy"),
+    "energy_threshold": reference("Energy X > 0.35 max X", "energy_threshold"),
+    "random": reference("Random mask", "random"),
+    "uniform": reference("Uniform mask", "uniform"),
+    "oracle": reference("Oracle mask", "oracle"),
 }
 # Shrunk classifiers: each trains in seconds on 2 CPU cores. The keys are
 # shared by a backbone's classifier YAML and its interpreters' YAMLs.
@@ -191,8 +186,6 @@ TINY = {
         8,
     ),
 }
-# table columns: the metrics (METHODS.md §5 and localisation), then time
-COLUMNS = list(HIGHER_IS_BETTER) + ["evidence_area"]
 
 
 class Runner:
@@ -232,75 +225,6 @@ def classifier_args(folder):
     )
 
 
-def write_tables(rows, out):
-    """comparison.csv and comparison.md from ``rows`` (dicts: method,
-    explains, the metrics, seconds); returns the markdown text."""
-    present = [c for c in COLUMNS if any(c in row for row in rows)]
-    fields = ["method", "explains", *present, "seconds"]
-
-    def write_csv(f):
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    write_atomically(os.path.join(out, "comparison.csv"), write_csv)
-    arrows = {name: "↑" if up else "↓" for name, up in HIGHER_IS_BETTER.items()}
-    header = [f"{name} {arrows.get(name, '')}".strip() for name in fields]
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append("|" + "---|" * len(fields))
-    for row in rows:
-        cells = [row.get(name, "") for name in fields]
-        text = [f"{c:.3g}" if isinstance(c, float) else str(c) for c in cells]
-        lines.append("| " + " | ".join(text) + " |")
-    table = "\n".join(lines) + "\n"
-    write_atomically(
-        os.path.join(out, "comparison.md"), lambda f: f.write(table)
-    )
-    return table
-
-
-def plot_comparison(rows, path):
-    """One point per method: localisation (evidence_mass_ratio, log scale)
-    against faithfulness (FF); the uniform mask's ratio 1 is marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r.get("evidence_mass_ratio")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        reference = "reference" in row["method"]
-        ax.scatter(
-            row["evidence_mass_ratio"],
-            row["faithfulness"],
-            marker="s" if reference else "o",
-            color="grey" if reference else None,
-        )
-        ax.annotate(
-            row["method"],
-            (row["evidence_mass_ratio"], row["faithfulness"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-        )
-    ax.axvline(1.0, color="grey", linestyle=":", label="uniform mask")
-    ax.set_xscale("log")
-    ratios = [row["evidence_mass_ratio"] for row in rows] + [1.0]
-    ax.set_xlim(min(ratios) / 2, max(ratios) * 8)  # room for the labels
-    ax.set_xlabel(
-        "evidence_mass_ratio (mask mass on the evidence / its area; ↑)"
-    )
-    ax.set_ylabel("faithfulness FF = p_c - p_out_c (↑)")
-    ax.set_title("Where the mask points vs what removing it costs")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_atomically(path, lambda f: f.write(buffer.getvalue()), mode="wb")
-
-
 def parse_args(argv):
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -309,20 +233,51 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--data_folder",
-        help="an ESC-50-layout folder; default: generated into "
-        "<output_folder>/data, with planted evidence",
+        help="an ESC-50-layout folder (every seed uses it); default: "
+        "generated into <output_folder>/seed<k>/data with planted evidence",
+    )
+    parser.add_argument(
+        "--eval_contamination",
+        default="none",
+        help="test inputs (none | mixtures | white_noise | wham | speech): "
+        "masks then scored against the target's ideal binary mask; needed "
+        "for a ground truth on data without planted evidence",
     )
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
         help=f"comma-separated, from: {', '.join(METHODS)}",
     )
+    parser.add_argument(
+        "--seeds",
+        default="1,2,3",
+        help="comma-separated: each seed draws the data, the classifiers "
+        "and the interpreters anew",
+    )
     parser.add_argument("--classifier_epochs", type=int, default=15)
     parser.add_argument(
-        "--epochs", type=int, default=10, help="of every trained interpreter"
+        "--epochs", type=int, default=6, help="of every trained interpreter"
     )
     parser.add_argument(
-        "--batch_size", type=int, default=2, help="of the trained interpreters"
+        "--batch_size", type=int, default=4, help="of every trained interpreter"
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.001,
+        help="of every trained interpreter (their YAMLs' rates are for "
+        "100-200 epochs on ESC-50)",
+    )
+    parser.add_argument(
+        "--curve_steps",
+        type=int,
+        default=8,
+        help="steps of the deletion and insertion curves (0: none)",
+    )
+    parser.add_argument(
+        "--no_randomisation",
+        action="store_true",
+        help="skip the model-randomisation sanity check",
     )
     parser.add_argument(
         "--clips_per_fold", type=int, default=8, help="of generated data"
@@ -336,8 +291,8 @@ def parse_args(argv):
         default=[],
         metavar="BACKBONE=FOLDER",
         help="reuse a classifier trained by train_classifier.py (with the "
-        "same architecture settings) instead of training one, e.g. "
-        "conv2d=results/compare/classifiers/conv2d",
+        "same architecture settings) instead of training one per seed, e.g. "
+        "conv2d=results/compare/seed1/classifiers/conv2d",
     )
     parser.add_argument("--no_gallery", action="store_true")
     parser.add_argument(
@@ -347,6 +302,7 @@ def parse_args(argv):
     )
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
     args.classifier = dict(item.split("=", 1) for item in args.classifier)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -356,42 +312,79 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    """Data, classifiers, NMF dictionary if needed, every method, tables,
-    figure, gallery."""
-    args = parse_args(argv)
-    out = os.path.abspath(args.output_folder)
-    data = args.data_folder or os.path.join(out, "data")
-    if not args.data_folder and not os.path.isfile(
-        os.path.join(data, "meta", "esc50.csv")
-    ):
-        synthetic_esc50.generate(
-            data, n_classes=N_CLASSES, clips_per_fold=args.clips_per_fold
-        )
-    has_evidence = synthetic_esc50.read_evidence(data) is not None
+def class_count(data):
+    """Number of classes in ``data``'s meta/esc50.csv."""
     with open(os.path.join(data, "meta", "esc50.csv")) as f:
-        n_classes = len({row["category"] for row in csv.DictReader(f)})
-    methods = [m for m in args.methods if has_evidence or m != "oracle"]
-    if len(methods) < len(args.methods):
-        logger.warning("No meta/evidence.json in %s: no oracle mask.", data)
-    chosen = [METHODS[m] for m in methods]
-    run = Runner(
-        [
-            "--data_folder",
+        return len({row["category"] for row in csv.DictReader(f)})
+
+
+def run_methods(run, args, names, folders, classifiers, nmf, progress):
+    """Runs the methods ``names`` into ``folders[name]`` against the
+    ``classifiers`` (backbone -> folder); returns name -> (test_metrics
+    dict, seconds), leaving out (and logging) the methods that failed."""
+    architectures = TINY if args.tiny else ARCHITECTURES
+    results = {}
+    for name in names:
+        method = METHODS[name]
+        progress.set_postfix_str(os.path.relpath(folders[name], args.out))
+        extra = [*method.args, *architectures[method.backbone]]
+        extra += classifier_args(classifiers[method.backbone])
+        extra += ["--out_n_neurons", args.n_classes]
+        extra += ["--eval_contamination", args.eval_contamination]
+        extra += ["--curve_steps", args.curve_steps]
+        if method.trains:
+            extra += ["--number_of_epochs", args.epochs]
+            extra += ["--batch_size", args.batch_size, "--lr", args.lr]
+        else:
+            extra += ["--batch_size", 8]
+        if method.nmf:
+            extra += [
+                "--nmf_decoder_path",
+                os.path.join(nmf, "nmf_decoder.ckpt"),
+            ]
+        try:
+            seconds = run(method.script, method.hparams, folders[name], *extra)
+        except RuntimeError as error:
+            logger.error("%s", error)
+            continue
+        finally:
+            progress.update()
+        suffix = (
+            ""
+            if args.eval_contamination == "none"
+            else f"_{args.eval_contamination}"
+        )
+        with open(
+            os.path.join(folders[name], f"test_metrics{suffix}.json")
+        ) as f:
+            results[name] = (json.load(f), seconds)
+    return results
+
+
+def run_seed(args, seed, methods, progress):
+    """Data, classifiers, NMF dictionary and every method for one seed;
+    with the randomisation check, every method again on the randomised
+    classifiers. Returns (name -> figures, name -> run folder)."""
+    out = os.path.join(args.out, f"seed{seed}")
+    data = args.data_folder or os.path.join(out, "data")
+    if not os.path.isfile(os.path.join(data, "meta", "esc50.csv")):
+        synthetic_esc50.generate(
             data,
-            "--device",
-            args.device,
-            "--noprogressbar",
-        ]
+            n_classes=N_CLASSES,
+            clips_per_fold=args.clips_per_fold,
+            seed=seed,
+        )
+    args.n_classes = class_count(data)
+    run = Runner(
+        ["--data_folder", data, "--device", args.device, "--noprogressbar"]
+        + ["--seed", seed]
     )
     architectures = TINY if args.tiny else ARCHITECTURES
-    backbones = sorted({m.backbone for m in chosen} - set(args.classifier))
-    steps = backbones + methods
-    steps += ["nmf"] if any(m.nmf for m in chosen) else []
-    progress = tqdm(total=len(steps), desc="compare", unit="run")
     classifiers = {k: os.path.abspath(v) for k, v in args.classifier.items()}
-    for backbone in backbones:
-        progress.set_postfix_str(f"classifier {backbone}")
+    for backbone in sorted(
+        {METHODS[m].backbone for m in methods} - set(classifiers)
+    ):
+        progress.set_postfix_str(f"seed {seed}: classifier {backbone}")
         classifiers[backbone] = os.path.join(out, "classifiers", backbone)
         run(
             "train_classifier.py",
@@ -402,71 +395,117 @@ def main(argv=None):
             "--batch_size",
             8,
             "--out_n_neurons",
-            n_classes,
+            args.n_classes,
             *architectures[backbone],
         )
         progress.update()
     nmf = os.path.join(out, "nmf")
-    if any(m.nmf for m in chosen):
-        progress.set_postfix_str("NMF dictionary")
+    if any(METHODS[m].nmf for m in methods):  # independent of the classifier
+        progress.set_postfix_str(f"seed {seed}: NMF dictionary")
         run("train_nmf.py", "hparams/nmf.yaml", nmf, "--number_of_epochs", 2)
-        # (the dictionary does not depend on the classifier)
         progress.update()
-    rows, failed, folders = [], [], []
-    for name, method in zip(methods, chosen):
-        progress.set_postfix_str(name)
-        folder = os.path.join(out, "runs", name)
-        extra = [*method.args, *architectures[method.backbone]]
-        extra += classifier_args(classifiers[method.backbone])
-        extra += ["--out_n_neurons", n_classes]
-        if method.trains:
-            extra += ["--number_of_epochs", args.epochs]
-            extra += ["--batch_size", args.batch_size]
-        else:
-            extra += ["--batch_size", 8]
-        if method.nmf:
-            extra += [
-                "--nmf_decoder_path",
-                os.path.join(nmf, "nmf_decoder.ckpt"),
-            ]
-        try:
-            seconds = run(method.script, method.hparams, folder, *extra)
-        except RuntimeError as error:
-            logger.error("%s", error)
-            failed.append(name)
-            continue
-        finally:
-            progress.update()
-        with open(os.path.join(folder, "test_metrics.json")) as f:
-            results = json.load(f)
-        rows.append(
-            {
-                "method": method.label,
-                "explains": method.backbone,
-                **{k: results[k] for k in COLUMNS if k in results},
-                "seconds": round(seconds, 1),
-            }
+    folders = {m: os.path.join(out, "runs", m) for m in methods}
+    done = run_methods(run, args, methods, folders, classifiers, nmf, progress)
+    figures = {}
+    for name, (results, seconds) in done.items():
+        figures[name] = {
+            k: v for k, v in results.items() if isinstance(v, (int, float))
+        }
+        figures[name]["seconds"] = seconds
+    if args.randomise and seed == args.seeds[0]:
+        randomised = {
+            backbone: randomise_classifier(
+                folder,
+                os.path.join(out, "randomised", "classifiers", backbone),
+                seed=seed,
+            )
+            for backbone, folder in classifiers.items()
+        }
+        again = {m: os.path.join(out, "randomised", "runs", m) for m in done}
+        run_methods(run, args, list(done), again, randomised, nmf, progress)
+        subfolder = (
+            "interpretations"
+            if args.eval_contamination == "none"
+            else f"interpretations_{args.eval_contamination}"
         )
-        folders.append((method.label, folder))
+        for name in done:
+            try:
+                corr = mask_rank_correlation(
+                    folders[name], again[name], subfolder
+                )
+            except FileNotFoundError as error:  # its randomised run failed
+                logger.error("%s", error)
+                continue
+            values = [v for v in corr.values() if not math.isnan(v)]
+            figures[name]["randomisation_rank_corr"] = (
+                sum(values) / len(values) if values else None
+            )
+    return figures, folders
+
+
+def main(argv=None):
+    """For every seed: data, classifiers, every method (and the
+    randomisation check on the first); then the tables, the figure and the
+    gallery of the first seed."""
+    args = parse_args(argv)
+    args.out = os.path.abspath(args.output_folder)
+    args.randomise = not args.no_randomisation
+    data = args.data_folder
+    has_truth = args.eval_contamination != "none" or data is None
+    if data and args.eval_contamination == "none":
+        has_truth = synthetic_esc50.read_evidence(data) is not None
+    methods = [m for m in args.methods if has_truth or m != "oracle"]
+    if len(methods) < len(args.methods):
+        logger.warning(
+            "No ground truth in %s (no meta/evidence.json, no "
+            "--eval_contamination): no oracle, no localisation columns.",
+            data,
+        )
+    backbones = {METHODS[m].backbone for m in methods} - set(args.classifier)
+    per_seed = len(backbones) + len(methods) * (1 + args.randomise)
+    per_seed += any(METHODS[m].nmf for m in methods)
+    progress = tqdm(
+        total=per_seed * len(args.seeds), desc="compare", unit="run"
+    )
+    figures, first_folders = {m: [] for m in methods}, {}
+    for seed in args.seeds:
+        found, folders = run_seed(args, seed, methods, progress)
+        for name, values in found.items():
+            figures[name].append(values)
+        first_folders = first_folders or {m: folders[m] for m in found}
     progress.close()
-    rank = "evidence_mass_ratio" if has_evidence else "faithfulness"
-    rows.sort(key=lambda row: -(row.get(rank) or 0))
-    table = write_tables(rows, out)
-    if has_evidence:
-        plot_comparison(rows, os.path.join(out, "comparison.png"))
-    if folders and not args.no_gallery:
-        labels, runs = zip(*folders)
+    runs = [
+        {
+            "method": METHODS[m].label,
+            "explains": METHODS[m].backbone,
+            "reference": METHODS[m].script == "interpret_reference.py",
+            "seeds": figures[m],
+        }
+        for m in methods
+        if figures[m]
+    ]
+    rows = summarise(runs)
+    rank = "roc_auc" if has_truth else "faithfulness"
+    table = write_tables(rows, runs, args.out, rank)
+    if has_truth:
+        plot_comparison(rows, os.path.join(args.out, "comparison.png"))
+    if first_folders and not args.no_gallery:
         subprocess.run(
-            [sys.executable, "make_gallery.py", *runs, "--output"]
-            + [os.path.join(out, "gallery"), "--names", *labels],
+            [sys.executable, "make_gallery.py", *first_folders.values()]
+            + ["--output", os.path.join(args.out, "gallery"), "--names"]
+            + [METHODS[m].label for m in first_folders]
+            + ["--table", os.path.join(args.out, "comparison.csv")],
             cwd=ROOT,
             check=True,
         )
     logger.info(
-        "Comparison (%s):\n%s", os.path.join(out, "comparison.md"), table
+        "Comparison (%s):\n%s", os.path.join(args.out, "comparison.md"), table
     )
+    failed = [m for m in methods if len(figures[m]) < len(args.seeds)]
     if failed:
-        raise SystemExit(f"Methods that failed (see their .log): {failed}")
+        raise SystemExit(
+            f"Methods that failed on some seed (see their .log): {failed}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Reference masks that bracket every interpreter: the oracle and the uniform
-mask. Nothing is trained; they are evaluated like every method.
+"""Reference masks that bracket every interpreter: the oracle, the uniform
+mask, a random mask and two energy masks that need no classifier. Nothing is
+trained; they are evaluated like every method.
 
-Run (reference: oracle | uniform):
+Run (reference: oracle | uniform | random | energy | energy_threshold):
     python interpret_reference.py hparams/reference_conv2d.yaml \
         --data_folder=/tmp/synthetic --reference=oracle
     python interpret_reference.py hparams/reference_conv2d.yaml \
@@ -16,14 +17,23 @@ Run (reference: oracle | uniform):
   1 / the truth's share of the spectrogram: the best any mask can score.
 * ``uniform``: M = 1 everywhere, the explanation "all of it": ratio 1.0,
   Fid-In 1 and AD 0 by construction, FF = p_c of X minus p_c of silence.
+* ``random``: M ~ U(0, 1) per bin, drawn from ``seed`` and the clip id (the
+  same mask on every run and device): chance for every ranking metric.
+* ``energy``: M = X / max X per clip, the normalised log1p magnitude: "where
+  it is loud".
+* ``energy_threshold``: M = [X > energy_th max X] per clip, PIQ's training
+  target (``mask_th``): "the loudest bins".
 
-A method that does not beat the uniform mask on localisation points nowhere
-in particular. Used by ``compare_interpreters.py``. Read ``main`` first.
+A method that does not beat the uniform and random masks on localisation
+points nowhere in particular; one that does not beat the energy masks
+explains the input's loudness, not the classifier. Used by
+``compare_interpreters.py``. Read ``main`` first.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
 
 import sys
+import zlib
 
 import torch
 from speechbrain.utils.logger import get_logger
@@ -33,7 +43,7 @@ from interpreter_brain import Interpretation
 from training_free import TrainingFreeBrain
 
 logger = get_logger(__name__)
-REFERENCES = ("oracle", "uniform")
+REFERENCES = ("oracle", "uniform", "random", "energy", "energy_threshold")
 
 
 class ReferenceBrain(TrainingFreeBrain):
@@ -78,11 +88,36 @@ class ReferenceBrain(TrainingFreeBrain):
 
     def interpret(self, X, stft, hidden, logits, stage):
         """The reference mask [B, T, F] of the batch (``reference`` key)."""
-        if self.hparams.reference == "uniform":
-            mask = torch.ones_like(X, dtype=torch.float32)
+        kind = self.hparams.reference
+        X32 = X.float()
+        peak = (
+            X32.flatten(1).amax(1).clamp_min(torch.finfo().tiny)[:, None, None]
+        )
+        if kind == "uniform":
+            mask = torch.ones_like(X32)
+        elif kind == "random":
+            mask = torch.stack(
+                [
+                    random_mask(X.shape[1:], self.hparams.seed, i)
+                    for i in self.batch_ids
+                ]
+            ).to(X.device)
+        elif kind == "energy":
+            mask = X32 / peak
+        elif kind == "energy_threshold":
+            mask = (X32 > self.hparams.energy_th * peak).float()
         else:  # the ground truth the metrics use (ideal mask, or boxes)
-            mask = self.ground_truth(X, self.batch_ids).to(torch.float32)
+            mask = self.ground_truth(X, self.batch_ids).float()
         return Interpretation(X=X, stft=stft, logits=logits, mask=mask)
+
+
+def random_mask(shape, seed, clip_id):
+    """U(0, 1) values of ``shape`` drawn on the CPU from ``seed`` and the
+    clip's id: the same mask for a clip on every run and device."""
+    generator = torch.Generator("cpu").manual_seed(
+        zlib.crc32(f"{seed}-{clip_id}".encode())
+    )
+    return torch.rand(shape, generator=generator, device="cpu")
 
 
 def main(argv):
