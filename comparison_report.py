@@ -9,8 +9,9 @@ metrics over several seeds as mean and 95% interval.
   one table for the methods and references on the main classifier and one
   for AMT, which explains other classifiers) and ``comparison.json`` (every
   seed's figures, for anyone to recompute).
-* ``plot_comparison``: each method's localisation (ROC AUC against the
-  ground truth) and its randomisation rank correlation, with intervals.
+* ``plot_comparison``: each method's localisation (top-k IoU or ROC AUC
+  against the ground truth) and its randomisation rank correlation, with
+  intervals.
 
 Authors: the ESC-50 interpretability recipe developers.
 """
@@ -28,8 +29,8 @@ from metrics import HIGHER_IS_BETTER
 
 # what a reader compares first (comparison.md); comparison.csv has all
 MAIN_COLUMNS = (
-    "roc_auc",
     "topk_iou",
+    "roc_auc",
     "evidence_mass",
     "pointing_game",
     "insertion_auc",
@@ -167,7 +168,7 @@ def write_tables(rows, runs, out, rank):
     return text
 
 
-def plot_comparison(rows, path, localisation="roc_auc"):
+def plot_comparison(rows, path, localisation="topk_iou"):
     """Two panels, one line per method (references grey): ``localisation``
     (chance 0.5 for ROC AUC) and the randomisation rank correlation, each
     mean with its 95% interval."""
