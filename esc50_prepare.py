@@ -9,10 +9,17 @@ recomputes them. The cache belongs to the data folder
 on it; a clip edited on disk is read again.
 
 Decisions a user may want to know:
-* An unreadable or missing audio file listed in ``meta/esc50.csv``, or one
-  holding NaN or infinite samples, is an ERROR that names the file, raised
-  before any training starts: silently dropping clips would change the test
-  set.
+* An unreadable, empty (0 bytes or 0 samples) or missing audio file listed
+  in ``meta/esc50.csv``, or one holding NaN or infinite samples, is an ERROR
+  that names the file and its line in the csv (missing files: the first
+  three and their count), raised before any training starts: silently
+  dropping clips would change the test set, and a 0-sample file padded to
+  5 s would be a silent clip with a label. Every file's header is checked
+  before the first clip is cached.
+* ``meta/esc50.csv`` is checked row by row: a missing column, a row of the
+  wrong length, an empty file name, a fold or target that is not an
+  integer, a file listed twice, no row at all, or folds of a split that no
+  row holds are errors of one line naming the file, line and column.
 * ESC-50 is only downloaded into a new or empty ``data_folder``: a folder
   holding other files is an error, so no file of the user's is replaced.
 * A failed or interrupted download leaves only a ``.part`` file and a scratch
@@ -37,7 +44,7 @@ from fileio import (
     remove,
     write_atomically,
 )
-from front_end import load_clip
+from front_end import check_audio_file, load_clip
 
 logger = get_logger(__name__)
 
@@ -68,7 +75,8 @@ def check_folds(train_fold_nums, valid_fold_nums, test_fold_nums, n_folds=5):
         ]
         if bad:
             raise ValueError(
-                f"{key}={list(nums)}: folds {bad} are not integers in 1..{n_folds}."
+                f"{key}={list(nums)}: folds {bad} are not integers in "
+                f"1..{n_folds}. Give folds among 1..{n_folds}, e.g. [1, 2]."
             )
     keys = list(folds)
     for i, a in enumerate(keys):
@@ -76,17 +84,83 @@ def check_folds(train_fold_nums, valid_fold_nums, test_fold_nums, n_folds=5):
             common = sorted(set(folds[a]) & set(folds[b]))
             if common:
                 raise ValueError(
-                    f"{a}={list(folds[a])} and {b}={list(folds[b])} share folds {common}; "
-                    "the splits must be disjoint."
+                    f"{a}={list(folds[a])} and {b}={list(folds[b])} share "
+                    f"folds {common}; the splits must be disjoint: give each "
+                    "fold to one split."
                 )
 
 
+# columns of meta/esc50.csv that preparation reads
+COLUMNS = ("filename", "fold", "target", "category")
+# what to do about a bad row, the same for every check
+FIX_ROW = "Fix that row, or remove it"
+
+
 def read_metadata(data_folder):
-    """Rows of ``meta/esc50.csv`` in file order, with ``fold`` as int."""
-    with open(os.path.join(data_folder, ESC50_CSV), newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Rows of ``meta/esc50.csv`` in file order, with ``fold`` and
+    ``target`` as int and ``line`` the row's line in the file (the header is
+    line 1). Raises ValueError, in one line naming the file, the line and
+    the column, for a file that is not UTF-8 text, a header without the
+    columns filename, fold, target and category, a row of another length, an
+    empty file name, a fold or target that is not an integer, a file listed
+    twice, or no row at all."""
+    path = os.path.join(data_folder, ESC50_CSV)
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in COLUMNS if c not in header]
+            if missing:
+                has = ", ".join(header) or "nothing"
+                raise ValueError(
+                    f"{path}, line 1: the header lacks column(s) "
+                    f"{', '.join(missing)} (it has {has}). ESC-50's header "
+                    "starts filename,fold,target,category: restore the file "
+                    "from the ESC-50 archive."
+                )
+            for row in reader:
+                extra = row.pop(None, [])
+                absent = [k for k, v in row.items() if v is None]
+                if extra or absent:
+                    n = len(header) + len(extra) - len(absent)
+                    raise ValueError(
+                        f"{path}, line {reader.line_num}: {n} fields, the "
+                        f"header has {len(header)}. {FIX_ROW}."
+                    )
+                row["line"] = reader.line_num
+                rows.append(row)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a UTF-8 text file ({err.reason} at byte "
+            f"{err.start}). Restore it from the ESC-50 archive."
+        ) from None
+    seen = {}
     for row in rows:
-        row["fold"] = int(row["fold"])
+        where = f"{path}, line {row['line']}"
+        if not row["filename"].strip():
+            raise ValueError(f"{where}, column filename: empty. {FIX_ROW}.")
+        for column in ("fold", "target"):
+            try:
+                row[column] = int(row[column])
+            except ValueError:
+                raise ValueError(
+                    f"{where}, column {column}: {row[column]!r} is not an "
+                    f"integer. {FIX_ROW}."
+                ) from None
+        if row["filename"] in seen:
+            raise ValueError(
+                f"{where}, column filename: {row['filename']} is listed "
+                f"again (first on line {seen[row['filename']]}). Remove one "
+                "of the two rows."
+            )
+        seen[row["filename"]] = row["line"]
+    if not rows:
+        raise ValueError(
+            f"{path} lists no clip (a header and no row). Restore it from the "
+            "ESC-50 archive, or point --data_folder at a complete copy of "
+            "ESC-50."
+        )
     return rows
 
 
@@ -123,6 +197,12 @@ def prepare_esc50(
     train_fold_nums, valid_fold_nums, test_fold_nums = map(
         list, (train_fold_nums, valid_fold_nums, test_fold_nums)
     )
+    if os.path.exists(data_folder) and not os.path.isdir(data_folder):
+        raise NotADirectoryError(
+            f"data_folder={data_folder} is a file, not a folder. Point "
+            "--data_folder at the ESC-50 folder (audio/ and meta/esc50.csv), "
+            "or at a new folder to download ESC-50 into."
+        )
     if not os.path.isfile(os.path.join(data_folder, ESC50_CSV)):
         check_download_target(data_folder, "data_folder", "ESC-50")
         download_and_extract(url, data_folder, "meta/esc50.csv", sha256)
@@ -145,7 +225,15 @@ def prepare_esc50(
     cache = audio_cache_folder(
         data_folder, save_folder, sample_rate, signal_length_s
     )
-    splits = list_clips(data_folder, folds, cache)
+    splits, lines = list_clips(data_folder, folds, cache)
+    csv_path = os.path.join(data_folder, ESC50_CSV)
+    advice = {
+        source: f"Replace it, or remove line {line} of {csv_path}."
+        for source, line in lines.items()
+    }
+    for entries in splits.values():  # every file, before any work
+        for entry in entries.values():  # (its header: 2000 files in ~0.1 s)
+            check_audio_file(entry["source"], advice[entry["source"]])
     options = {
         "data_folder": os.path.abspath(data_folder),
         "folds": folds,
@@ -168,7 +256,9 @@ def prepare_esc50(
     for split, entries in splits.items():
         for entry in entries.values():
             if not os.path.isfile(entry["wav"]):
-                cache_clip(entry, sample_rate, signal_length_s)
+                cache_clip(
+                    entry, sample_rate, signal_length_s, advice[entry["source"]]
+                )
         write_atomically(
             manifests[split], lambda f: json.dump(entries, f, indent=1)
         )
@@ -202,25 +292,27 @@ def audio_cache_folder(data_folder, save_folder, sample_rate, signal_length_s):
 
 
 def list_clips(data_folder, folds, cache):
-    """split -> clip id -> manifest entry, for the rows of meta/esc50.csv in
-    file order. An entry's ``wav`` is the cache file of the clip as it is on
-    disk now: its name holds a digest of the file's size and modification
-    time, so an edited clip gets a new cache file. Raises FileNotFoundError
-    naming a listed file that is missing."""
+    """(split -> clip id -> manifest entry, source file -> its line in
+    meta/esc50.csv), for the rows of meta/esc50.csv in file order. An
+    entry's ``wav`` is the cache file of the clip as it is on disk now: its
+    name holds a digest of the file's size and modification time, so an
+    edited clip gets a new cache file. Raises FileNotFoundError naming the
+    first few listed files that are missing, with their lines, and
+    ValueError naming the split whose folds hold no row."""
     rows = read_metadata(data_folder)
     csv_path = os.path.join(data_folder, ESC50_CSV)
-    splits = {}
+    audio = os.path.join(data_folder, "audio")
+    splits, lines, missing = {}, {}, []
     for split, split_folds in folds.items():
         entries = splits[split] = {}
         for row in rows:
             if row["fold"] not in split_folds:
                 continue
-            source = os.path.join(data_folder, "audio", row["filename"])
+            source = os.path.join(audio, row["filename"])
+            lines[source] = row["line"]
             if not os.path.isfile(source):
-                raise FileNotFoundError(
-                    f"{source} is listed in {csv_path} but missing. Restore "
-                    "it, or remove its row from the csv."
-                )
+                missing.append(f"{source} (line {row['line']})")
+                continue
             stat = os.stat(source)
             version = f"{stat.st_size}-{stat.st_mtime_ns}".encode()
             clip_id = os.path.splitext(row["filename"])[0]
@@ -230,15 +322,41 @@ def list_clips(data_folder, folds, cache):
                 "source": source,
                 "fold": row["fold"],
                 "category": row["category"],
-                "target": int(row["target"]),
+                "target": row["target"],
             }
-    return splits
+    if missing:
+        shown = ", ".join(missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        hint = (
+            f" ({audio} does not exist: is --data_folder the folder that "
+            "holds audio/ and meta/?)"
+            if not os.path.isdir(audio)
+            else ""
+        )
+        raise FileNotFoundError(
+            f"{len(missing)} audio file(s) listed in {csv_path} are missing"
+            f"{hint}: {shown}{more}. Restore them, or remove their rows from "
+            "the csv."
+        )
+    present = sorted({row["fold"] for row in rows})
+    for split, entries in splits.items():
+        if not entries:
+            raise ValueError(
+                f"{split}_fold_nums={folds[split]}: {csv_path} lists no clip "
+                f"of these folds (its folds: {present}). Choose "
+                f"--{split}_fold_nums among them."
+            )
+    return splits, lines
 
 
-def cache_clip(entry, sample_rate, signal_length_s):
-    """Loads ``entry["source"]`` (``front_end.load_clip``), writes it to
+def cache_clip(entry, sample_rate, signal_length_s, advice=None):
+    """Loads ``entry["source"]`` (``front_end.load_clip``; ``advice``: what
+    to do about a bad file, e.g. which csv line to remove), writes it to
     ``entry["wav"]`` atomically and removes the clip's older versions."""
-    wav = load_clip(entry["source"], sample_rate, signal_length_s).numpy()
+    advice = advice or "Replace it, or remove its row from meta/esc50.csv."
+    wav = load_clip(
+        entry["source"], sample_rate, signal_length_s, advice=advice
+    ).numpy()
     write_atomically(entry["wav"], lambda f: np.save(f, wav), mode="wb")
     folder, name = os.path.split(entry["wav"])
     clip_id = name.split(".")[0]

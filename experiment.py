@@ -14,25 +14,33 @@ Authors: the ESC-50 interpretability recipe developers.
 
 import atexit
 import dataclasses
+import difflib
 import gc
 import os
+import re
 import shutil
 import sys
+import traceback
 
 import numpy as np
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from ruamel.yaml import YAML
+from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import SafeConstructor
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
+from speechbrain.utils.run_opts import RunOptions
 
 from checkpoint_policy import require_checkpoint
-from contamination import interferer_pipeline
-from esc50_prepare import prepare_esc50
-from pretrained import load_classifier
+from contamination import MODES, interferer_pipeline
+from esc50_prepare import check_folds, prepare_esc50
+from pretrained import (
+    check_local_checkpoints,
+    checkpoint_keys,
+    load_classifier,
+)
 
 logger = get_logger(__name__)
 
@@ -62,10 +70,154 @@ _EXPECTED = (
 )
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# what a value must be, beyond its type: (words for the message, test,
+# what is wrong when the test fails, if the words do not say it)
+_POSITIVE_INT = ("an integer >= 1", lambda v: _is_int(v) and v >= 1, "")
+_COUNT = ("an integer >= 0", lambda v: _is_int(v) and v >= 0, "")
+_POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0, "")
+_NON_NEGATIVE = ("a number >= 0", lambda v: _is_number(v) and v >= 0, "")
+_FRACTION = (
+    "a number in [0, 1]",
+    lambda v: _is_number(v) and 0 <= v <= 1,
+    "",
+)
+_FILE = (
+    "an existing file, or null",
+    lambda v: os.path.isfile(str(v)),
+    "no such file",
+)
+_FOLDER = (
+    "an existing folder, or null",
+    lambda v: os.path.isdir(str(v)),
+    "no such folder",
+)
+_NOT_A_FILE = (
+    "a folder",
+    lambda v: not os.path.isfile(str(v)),
+    "this is a file",
+)
+
+# key -> rule, for the keys the recipe's YAMLs share; checked on the value
+# a run will use (the command line's, else the YAML's) unless it is null or
+# built by the YAML (!ref, !new: ...)
+RULES = {
+    "sample_rate": _POSITIVE_INT,
+    "batch_size": _POSITIVE_INT,
+    "out_n_neurons": _POSITIVE_INT,
+    "emb_dim": _POSITIVE_INT,
+    "K": _POSITIVE_INT,
+    "n_comp": _POSITIVE_INT,
+    "n_fft": _POSITIVE_INT,
+    "n_steps": _POSITIVE_INT,
+    "nt_samples": _POSITIVE_INT,
+    "copies_per_pass": _POSITIVE_INT,
+    "number_of_epochs": _COUNT,
+    "num_workers": _COUNT,
+    "curve_steps": _COUNT,
+    "decoder_piece": _COUNT,
+    "shared_keys": _COUNT,
+    "signal_length_s": _POSITIVE,
+    "win_length_ms": _POSITIVE,
+    "hop_length_ms": _POSITIVE,
+    "lr": _POSITIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "mask_th": _FRACTION,
+    "quantile": _FRACTION,
+    "eval_contamination": (
+        f"one of {', '.join(MODES)}",
+        MODES.__contains__,
+        "",
+    ),
+    "classifier_labels": _FILE,
+    "speech_folder": _FOLDER,
+    "data_folder": _NOT_A_FILE,
+    "output_folder": _NOT_A_FILE,
+}
+FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
+
+
+def _yaml_problem(err):
+    """ruamel's error in a few words, with its line, e.g. "expected ',' or
+    ']' (line 2)"."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1})" if mark else problem
+
+
+def _read_hparams_file(hparams_file):
+    """The YAML's text and its plain values; one-line errors naming it."""
+    advice = (
+        "Give a YAML of the recipe as the first argument, e.g. "
+        "hparams/piq.yaml (see hparams/)."
+    )
+    if not os.path.isfile(hparams_file):
+        what = "is a folder" if os.path.isdir(hparams_file) else "not found"
+        raise FileNotFoundError(
+            f"hparams file {hparams_file}: {what}. {advice}"
+        )
+    with open(hparams_file, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return text, read_plain_yaml(text)
+    except YAMLError as err:
+        raise ValueError(
+            f"hparams file {hparams_file} is not valid YAML: "
+            f"{_yaml_problem(err)}. Fix it, or {advice[0].lower()}{advice[1:]}"
+        ) from None
+
+
+def _read_overrides(overrides):
+    """The command-line overrides as a dict; one-line errors naming the key
+    given twice or the value that is not YAML."""
+    overrides = overrides or ""
+    keys = re.findall(r"^([^\s:]+):", overrides, re.M)
+    twice = [k for k in dict.fromkeys(keys) if keys.count(k) > 1]
+    if twice:
+        raise ValueError(
+            f"--{twice[0]} is given {keys.count(twice[0])} times on the "
+            "command line: give it once."
+        )
+    try:
+        return read_plain_yaml(overrides)
+    except YAMLError:
+        pass
+    for line in overrides.splitlines():  # which one is it?
+        try:
+            read_plain_yaml(line)
+        except YAMLError as err:
+            key, _, value = line.partition(":")
+            raise ValueError(
+                f"--{key} {value.strip()}: not a value the YAML can read "
+                f"({_yaml_problem(err).split(' (line')[0]}). Write a list as "
+                "[1, 2] and quote text holding : [ ] { } or #."
+            ) from None
+    raise ValueError(f"The command-line values are not valid YAML: {overrides}")
+
+
 def check_overrides(hparams_file, overrides):
-    """Raises ValueError, before anything is built, when a command-line value
-    does not fit the type of its key's value in the YAML (``--number_of_epochs
-    many``). Keys whose YAML value is a string, null or an object take any.
+    """Checks the command line against the YAML before anything is built,
+    raising an error of one line that names the key, the value given and
+    what to give instead:
+
+    * the YAML file exists and is YAML; every key given is one of its keys
+      (with the closest name suggested) and is given once; every
+      ``!PLACEHOLDER`` key is given;
+    * a value fits the type of its key's value in the YAML
+      (``--number_of_epochs many``); keys whose YAML value is a string,
+      null or an object take any type;
+    * the value a run will use (the command line's, else the YAML's) obeys
+      its key's rule in ``RULES`` (``--batch_size 0``, ``--sample_rate -1``,
+      ``--eval_contamination noise``, a ``--classifier_labels`` file that
+      does not exist, ...), and the fold lists are disjoint non-empty lists
+      of folds 1..5 (``esc50_prepare.check_folds``).
 
     Arguments
     ---------
@@ -74,9 +226,17 @@ def check_overrides(hparams_file, overrides):
     overrides : str
         The command-line overrides as YAML (``sb.parse_arguments``).
     """
-    with open(hparams_file, encoding="utf-8") as f:
-        defaults = read_plain_yaml(f)
-    for key, value in read_plain_yaml(overrides or "").items():
+    text, defaults = _read_hparams_file(hparams_file)
+    given = _read_overrides(overrides)
+    for key, value in given.items():
+        if key not in defaults:
+            known = list(defaults) + list(RunOptions().as_dict())
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            raise ValueError(
+                f"--{key}: {hparams_file} has no key {key}{hint}. Check its "
+                "spelling: the keys are the YAML's top-level names."
+            )
         default = defaults.get(key)
         for kind, words, accepted in _EXPECTED:
             if not isinstance(default, kind):
@@ -93,6 +253,90 @@ def check_overrides(hparams_file, overrides):
                     f"--{key} {default!r}."
                 )
             break
+    for key in re.findall(r"^([^\s:#]+):\s*!PLACEHOLDER", text, re.M):
+        if key not in given:
+            raise ValueError(
+                f"--{key} is required: {hparams_file} has no value for it "
+                f"(!PLACEHOLDER). Give --{key} <value>."
+            )
+    values = {**defaults, **given}
+    for key, (words, test, problem) in RULES.items():
+        value = values.get(key)
+        if value is None or test(value):
+            continue
+        if key in given:
+            where = f"--{key} {value!r}"
+        else:
+            where = f"{key}: {value!r} in {hparams_file}"
+        default = defaults.get(key)
+        example = (
+            f" (e.g. --{key} {default!r})"
+            if default is not None and test(default)
+            else ""
+        )
+        problem = f"{problem}; " if problem else ""
+        raise ValueError(f"{where}: {problem}give {words}{example}.")
+    if all(key in values for key in FOLD_KEYS):
+        check_folds(*(values[key] for key in FOLD_KEYS))
+
+
+def check_device(device):
+    """Raises an error of one line naming ``--device`` unless ``device``
+    (a torch device string; None: speechbrain chooses) exists here."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"--device {device}: not a device. Give cpu, or cuda:N for the "
+            "N-th GPU."
+        ) from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"--device {device}: CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built with CUDA "
+                f"{torch.version.cuda}). Give --device cpu, or run on a "
+                "machine with an NVIDIA GPU and its driver."
+            )
+        count = torch.cuda.device_count()
+        if (kind.index or 0) >= count:
+            raise RuntimeError(
+                f"--device {device}: this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}. Give one of them."
+            )
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(
+            f"--device {device}: MPS is not available on this machine. "
+            "Give --device cpu."
+        )
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"--device {device}: the recipe runs on cpu or cuda:N. Give one "
+            "of them."
+        )
+
+
+def _errors_end_on_stderr():
+    """Once ``sb.create_experiment_directory`` has made speechbrain log an
+    uncaught exception (traceback to stdout and log.txt), the error's own
+    line ``Type: message`` is written to stderr after it, so that it stays
+    the last line the user sees."""
+    logged = sys.excepthook
+    if logged is sys.__excepthook__ or getattr(logged, "_last_line", False):
+        return
+
+    def excepthook(exc_type, exc_value, exc_traceback):
+        logged(exc_type, exc_value, exc_traceback)
+        sys.stdout.flush()
+        sys.stderr.write(
+            "".join(traceback.format_exception_only(exc_type, exc_value))
+        )
+        sys.stderr.flush()
+
+    excepthook._last_line = True
+    sys.excepthook = excepthook
 
 
 def _close_process_group():
@@ -136,9 +380,13 @@ def fit_precision(run_opts, hparams):
 
 
 def setup_experiment(argv):
-    """Parses the command line, loads the YAML with its overrides, starts DDP
-    if launched by torchrun and creates the output folder (with
+    """Parses the command line, checks it (``check_overrides``,
+    ``check_device``, the local checkpoint files of the YAML's
+    ``pretrainer``), loads the YAML with its overrides, starts DDP if
+    launched by torchrun and creates the output folder (with
     hyperparams.yaml, env.log, log.txt and a copy of the calling script).
+    From then on an uncaught error also ends on stderr, in one line
+    (``_errors_end_on_stderr``).
 
     Returns
     -------
@@ -146,8 +394,12 @@ def setup_experiment(argv):
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     check_overrides(hparams_file, overrides)
+    check_device(run_opts.device)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    if hparams.get("use_pretrained") and "pretrainer" in hparams:
+        pretrainer = hparams["pretrainer"]
+        check_local_checkpoints(checkpoint_keys(hparams, pretrainer))
     run_opts = fit_precision(run_opts, hparams)
     sb.utils.distributed.ddp_init_group(run_opts)
     if torch.distributed.is_initialized():
@@ -157,6 +409,7 @@ def setup_experiment(argv):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    _errors_end_on_stderr()
     if if_main_process() and getattr(sys.modules["__main__"], "__file__", None):
         shutil.copy(
             os.path.realpath(sys.modules["__main__"].__file__),

@@ -38,9 +38,10 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.logger import get_logger
 
-from experiment import read_plain_yaml
+from experiment import check_device, read_plain_yaml
 from fileio import write_json
 from front_end import (
+    check_audio_file,
     interpretation_wavs,
     load_audio,
     log_spectrogram,
@@ -67,6 +68,65 @@ METHODS = {
     "interpret_amt.py": ("interpret_amt", "AMTBrain"),
     "interpret_gradients.py": ("interpret_gradients", "GradientBrain"),
 }
+
+
+# what to do about a bad sound file or run folder of one's own
+FILE_ADVICE = (
+    "Check the path, or give another sound file (wav, flac, ogg, mp3)."
+)
+RUN_ADVICE = (
+    "Give the --output_folder of a finished run of train_piq.py, "
+    "train_l2i.py, train_lmac.py, interpret_amt.py or interpret_gradients.py "
+    "(it holds hyperparams.yaml), or a Hugging Face hub repository owner/name."
+)
+
+
+def fetch_run(source, savedir=None):
+    """The local copy of the run ``source`` names when it is no local
+    folder: a Hugging Face hub repository ``owner/name`` (downloaded to
+    ``savedir``). A path that is no folder, or a repository that cannot be
+    fetched, is an error of one line naming ``source``."""
+    source = str(source)
+    if os.path.exists(source):
+        raise NotADirectoryError(
+            f"{source} is a file, not a run folder. {RUN_ADVICE}"
+        )
+    first = source.split("/")[0]
+    if (
+        source.count("/") != 1
+        or source.startswith((".", "/", "~"))
+        or os.path.isdir(first)
+    ):
+        raise FileNotFoundError(f"{source}: no such run folder. {RUN_ADVICE}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(source, local_dir=savedir)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [""])[0]
+        reason = reason.split(". ")[0].rstrip(".")[:200]  # its first sentence
+        raise RuntimeError(
+            f"{source}: no such local folder, and no Hugging Face hub "
+            f"repository could be fetched ({type(err).__name__}: {reason}). "
+            f"{RUN_ADVICE}"
+        ) from None
+
+
+def check_files(paths):
+    """Every sound file checked (``front_end.check_audio_file``: it exists,
+    is no folder, holds bytes and samples) and no two of one name (their
+    results would share ``<output_folder>/<name>``), before any work."""
+    seen = {}
+    for path in paths:
+        check_audio_file(path, FILE_ADVICE)
+        name = os.path.basename(path)
+        if name in seen:
+            raise ValueError(
+                f"{seen[name]} and {path} are both named {name}: their "
+                f"results would share the folder <output_folder>/{name}. "
+                "Rename one, or interpret them in two runs."
+            )
+        seen[name] = path
 
 
 class AudioInterpreter:
@@ -107,11 +167,10 @@ class AudioInterpreter:
         ``savedir``), on ``device`` (default: ``default_device()``),
         ``batch_size`` windows per forward pass."""
         device = device or default_device()
+        check_device(device)
         folder = source
         if not os.path.isdir(source):
-            from huggingface_hub import snapshot_download
-
-            folder = snapshot_download(source, local_dir=savedir)
+            folder = fetch_run(source, savedir)
         script = [
             name for name in METHODS if os.path.isfile(f"{folder}/{name}")
         ]
@@ -134,9 +193,14 @@ class AudioInterpreter:
         brain_class = getattr(importlib.import_module(module), name)
         if hparams["use_pretrained"]:
             load_weights(hparams)
-        hparams["label_encoder"] = read_label_file(
-            f"{folder}/save/label_encoder.txt"
-        )
+        labels = f"{folder}/save/label_encoder.txt"
+        if not os.path.isfile(labels):
+            raise FileNotFoundError(
+                f"{labels} not found: {source} is not a complete run folder "
+                "(its first run writes it). Give the --output_folder of a "
+                "finished run, or copy that file back."
+            )
+        hparams["label_encoder"] = read_label_file(labels)
         brain = brain_class(
             modules=hparams.get("modules"),
             hparams=hparams,
@@ -239,13 +303,9 @@ class AudioInterpreter:
 
     def interpret_files(self, paths, top_k=5):
         """Loads the files (``front_end.load_audio``) and interprets them
-        (``interpret_batch``). An empty file is an error naming it."""
-        wavs = []
-        for path in paths:
-            wav = load_audio(path, self.sample_rate)
-            if wav.numel() == 0:
-                raise ValueError(f"Audio file {path} is empty (no samples).")
-            wavs.append(wav)
+        (``interpret_batch``). A missing, unreadable or empty file (0 bytes
+        or 0 samples) is an error of one line naming it."""
+        wavs = [load_audio(p, self.sample_rate, FILE_ADVICE) for p in paths]
         return self.interpret_batch(wavs, top_k)
 
     def save(self, result, folder, name):
@@ -296,6 +356,13 @@ def main(argv):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size {args.batch_size}: give at least 1")
+    if args.top_k < 1:
+        parser.error(f"--top_k {args.top_k}: give at least 1")
+    if os.path.isfile(args.output_folder):
+        parser.error(
+            f"--output_folder {args.output_folder} is a file: give a folder"
+        )
+    check_files(args.files)  # before the interpreter is loaded
     interpreter = AudioInterpreter.from_hparams(
         args.source, device=args.device, batch_size=args.batch_size
     )

@@ -6,11 +6,13 @@ loaded strictly, and its label mapping.
   through speechbrain's Pretrainer and loaded strictly; every failure names
   the key and the path the user gave. Then the classifier's label mapping.
 * The label mapping belongs to the classifier, not to the data: output k is
-  class ``ind2lab[k]`` of ``label_encoder.txt`` beside the classifier
-  checkpoint (written by ``train_classifier.py``), else of
-  ``classifier_labels`` if set, else of ``esc50_hub_classes.txt`` (the order
-  the public hub classifiers were trained with). The data's classes must be
-  among the classifier's.
+  class ``ind2lab[k]`` of ``classifier_labels`` if set, else of
+  ``label_encoder.txt`` beside the classifier checkpoint (written by
+  ``train_classifier.py``; for a run folder copied with its links followed,
+  the run's own ``save/label_encoder.txt``), else of
+  ``esc50_hub_classes.txt`` (the order the public hub classifiers were
+  trained with). The data's classes must be among the classifier's.
+* Every error is one line naming the key and the file the user gave.
 * ``label_encoder_from_manifest``: classes in their order of first
   appearance in a manifest, the mapping ``train_classifier.py`` and
   ``train_nmf.py`` build for the data they train on.
@@ -103,11 +105,28 @@ def check_local_checkpoints(keys):
 
 def collect_checkpoints(pretrainer, keys):
     """Fetches every checkpoint (main process first); returns name -> local
-    path. A hub file that cannot be fetched is an error naming its key."""
+    path. A hub file that cannot be fetched is an error naming its key.
+
+    ``collect_in`` holds links to the files the keys name; a link of an
+    earlier run may point elsewhere, and a run folder copied with its links
+    followed (``shutil.copytree``, ``cp -rL``) holds copies that speechbrain
+    would use instead of the file the key names now: both are replaced."""
     os.makedirs(pretrainer.collect_in, exist_ok=True)
-    for name in keys:  # links of an earlier run may point elsewhere
+    for name, (key, path) in keys.items():
         link = os.path.join(pretrainer.collect_in, f"{name}.ckpt")
-        if if_main_process() and os.path.islink(link):
+        if not if_main_process() or not os.path.lexists(link):
+            continue
+        if os.path.islink(link):
+            os.remove(link)
+        elif (
+            looks_local(path)
+            and os.path.isfile(path)
+            and not os.path.samefile(link, path)
+        ):
+            logger.info(
+                f"{link} is a copy (a run folder copied with its links "
+                f"followed?): replaced by a link to {key}={path}."
+            )
             os.remove(link)
     try:
         run_on_main(pretrainer.collect_files)
@@ -116,10 +135,24 @@ def collect_checkpoints(pretrainer, keys):
         given = ", ".join(f"{key}={path}" for key, path in keys.values())
         raise RuntimeError(
             f"Cannot fetch the classifier checkpoints ({given}): "
-            f"{type(err).__name__}: {err}\nOffline, or the hub id is wrong? "
-            "Point these keys at local files, or fetch the files once with "
-            "network access (they are then cached)."
+            f"{type(err).__name__}: {_one_line(err)}. Offline, or the hub id "
+            "is wrong? Point these keys at local files, or fetch the files "
+            f"once with network access (they are then cached): {given}."
         ) from err
+
+
+def _one_line(err, limit=200):
+    """The first line of ``err``'s message, at most ``limit`` characters."""
+    lines = str(err).strip().splitlines() or [""]
+    text = lines[0].strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _some(keys, n=3):
+    """``n`` of ``keys`` and how many more, e.g. "a, b, c and 40 more"."""
+    keys = list(keys)
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
 
 
 def strict_load(module, path, where=None):
@@ -127,46 +160,103 @@ def strict_load(module, path, where=None):
     buffer of the module is covered and every stored tensor is used (unlike
     the Pretrainer's default, which only warns and keeps random weights).
     ``where``: how the user named the file (e.g. "classifier_model_path=
-    results/.../classifier.ckpt"), for the error message."""
+    results/.../classifier.ckpt"), for the error message: one line that
+    starts and ends with it, with a few of the missing, unexpected and
+    misshapen keys and their counts."""
     where = where or str(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RuntimeError(
             f"{where}: not a readable PyTorch checkpoint "
-            f"({type(err).__name__}: {err})."
+            f"({type(err).__name__}: {_one_line(err)}). Point it at a "
+            f"checkpoint file written by this recipe ({where})."
         ) from None
+    if not isinstance(state, dict):
+        raise RuntimeError(
+            f"{where}: holds a {type(state).__name__}, not a state dict. "
+            f"Point it at a checkpoint file written by this recipe ({where})."
+        )
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in state
+        and hasattr(state[k], "shape")
+        and state[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{len(keys)} {what} ({_some(keys)})"
+        for keys, what in (
+            (missing, "missing keys"),
+            (unexpected, "unexpected keys"),
+            (misshapen, "keys of another shape, file vs model"),
+        )
+        if keys
+    ]
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
+        found = "; ".join(problems) or _one_line(err)
         raise RuntimeError(
             f"Checkpoint {where} does not match {type(module).__name__}: "
-            f"{err}\nCheck the *_model_path keys and the architecture keys "
+            f"{found}. Check the *_model_path keys and the architecture keys "
             "(e.g. emb_dim, out_n_neurons) of the YAML: they must describe "
-            "the model that wrote this file."
+            f"the model that wrote {where}."
         ) from None
 
 
-def classifier_label_encoder(hparams, beside=None):
+def classifier_label_encoder(hparams, beside=None, searched=()):
     """The classifier's mapping, checked against its size and the data.
 
     With trained weights (``use_pretrained``) the mapping must have exactly
     ``out_n_neurons`` classes. With random weights (a smoke run) a head
     that does not fit is a warning, and the data's own classes are used.
     Either way, a class of the data that the mapping lacks is an error.
+    ``beside``: the label file found with the classifier (or None);
+    ``searched``: where it was looked for, for the error message.
     """
     n_out = hparams["out_n_neurons"]
-    source = hparams.get("classifier_labels") or beside or HUB_CLASSES
+    given = hparams.get("classifier_labels")
+    if given and not os.path.isfile(given):
+        raise FileNotFoundError(
+            f"classifier_labels={given}: no such file. Point "
+            "--classifier_labels at the classifier's label_encoder.txt "
+            "(train_classifier.py writes it beside classifier.ckpt) or at a "
+            "list of its class names, one per line in output order."
+        )
+    source = given or beside or HUB_CLASSES
     encoder = read_label_file(source)
     manifests = [hparams[f"{s}_annotation"] for s in ("train", "valid", "test")]
     data = label_encoder_from_manifest(*manifests)
     if len(encoder) != n_out and hparams["use_pretrained"]:
+        why = ""
+        if source == HUB_CLASSES and searched:
+            copied = any(
+                os.path.dirname(f) == os.path.abspath(hparams["save_folder"])
+                for f in searched
+            )
+            why = (
+                " (the hub classifiers' classes, as there is no "
+                f"{' and no '.join(searched)}"
+                + (
+                    "; the classifier is a copy in the run's save/pretrained,"
+                    " e.g. of a run folder copied with its links followed"
+                    if copied
+                    else ""
+                )
+                + ")"
+            )
         raise ValueError(
-            f"The classifier has out_n_neurons={n_out} outputs but its label "
-            f"mapping {source} has {len(encoder)} classes. Set "
-            f"--out_n_neurons {len(encoder)}, or point --classifier_labels "
-            "at the class list (one name per line, output order) of your "
-            "classifier."
+            f"classifier_model_path={hparams.get('classifier_model_path')}: "
+            f"the classifier has out_n_neurons={n_out} outputs but its label "
+            f"mapping {source} has {len(encoder)} classes{why}. Point "
+            "--classifier_labels at the classifier's label_encoder.txt "
+            "(train_classifier.py writes it beside classifier.ckpt) or at its "
+            "class list (one name per line, output order), or set "
+            f"--out_n_neurons {len(encoder)} if that mapping is right."
         )
     if len(encoder) != n_out:
         encoder, source = data, "the classes of the data"
@@ -204,19 +294,39 @@ def load_weights(hparams):
     return paths
 
 
+def label_file_candidates(hparams, fetched):
+    """Where the classifier's ``label_encoder.txt`` may be, in order: beside
+    the fetched classifier file (links followed), beside the file that
+    ``classifier_model_path`` names, and, when the weights are a copy in the
+    run's own ``save/pretrained`` (a run folder copied with its links
+    followed, or that copy named directly), the run's
+    ``save/label_encoder.txt``, the mapping its first run used."""
+    folders = [os.path.dirname(os.path.realpath(fetched))]
+    given = str(hparams.get("classifier_model_path") or "")
+    if given and looks_local(given):
+        folders.append(os.path.dirname(os.path.abspath(given)))
+    files = [os.path.join(f, "label_encoder.txt") for f in folders]
+    collect_in = os.path.realpath(hparams["pretrainer"].collect_in)
+    if folders[0] == collect_in:
+        files.append(os.path.join(hparams["save_folder"], "label_encoder.txt"))
+    return list(dict.fromkeys(files))
+
+
 def load_classifier(hparams):
     """Loads the frozen classifier (if ``use_pretrained``) and returns its
     label mapping, also stored as ``hparams["label_encoder"]`` and written
     to ``<save_folder>/label_encoder.txt``."""
-    beside = None
+    beside, searched = None, ()
     if hparams["use_pretrained"]:
         paths = load_weights(hparams)
-        folder = os.path.dirname(os.path.realpath(paths["classifier"]))
-        candidate = os.path.join(folder, "label_encoder.txt")
-        beside = candidate if os.path.isfile(candidate) else None
-    encoder, source = classifier_label_encoder(hparams, beside)
+        searched = label_file_candidates(hparams, paths["classifier"])
+        beside = next(filter(os.path.isfile, searched), None)
+    encoder, source = classifier_label_encoder(hparams, beside, searched)
     logger.info(f"Classifier label mapping: {len(encoder)} classes ({source})")
     if if_main_process():
-        encoder.save(os.path.join(hparams["save_folder"], "label_encoder.txt"))
+        path = os.path.join(hparams["save_folder"], "label_encoder.txt")
+        tmp = f"{path}.tmp-{os.getpid()}"  # never half-written
+        encoder.save(tmp)
+        os.replace(tmp, path)
     hparams["label_encoder"] = encoder
     return encoder

@@ -23,6 +23,7 @@ import soundfile as sf
 
 import fileio
 import synthetic_esc50
+from conftest import TINY_PIQ, run_script
 from esc50_prepare import prepare_esc50
 from front_end import load_clip
 from http_fixtures import serve_archives
@@ -520,6 +521,147 @@ def test_load_clip_corrupt_file_names_path(tmp_path):
     path.write_bytes(bytes(range(256)) * 8)
     with pytest.raises(RuntimeError, match=re.escape(str(path))):
         load_clip(str(path), 16000, 5.0)
+
+
+# --------------------------------------------------------------------------
+# A bad data folder, as a user meets it: the last line of stderr names the
+# file, the line and the column (or the first few files), and says what to
+# do; no manifest is written.
+# --------------------------------------------------------------------------
+
+
+def _edit_csv(folder, edit):
+    """Rewrites meta/esc50.csv of ``folder`` as ``edit(lines)`` returns it;
+    returns the csv's path."""
+    path = folder / "meta" / "esc50.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+    return path
+
+
+def _set_field(lines, line, column, value):
+    """``lines`` with ``column`` of line ``line`` (1-based) set to ``value``."""
+    header = lines[0].split(",")
+    fields = lines[line - 1].split(",")
+    fields[header.index(column)] = value
+    return lines[: line - 1] + [",".join(fields)] + lines[line:]
+
+
+def _empty_wav(folder):
+    """The clip of line 3 rewritten with 0 samples; returns (wav, line)."""
+    name = _csv_rows(folder)[1]["filename"]
+    sf.write(folder / "audio" / name, np.zeros(0), SOURCE_SR)
+    return folder / "audio" / name, 3
+
+
+def _remove_wavs(folder, n):
+    """The clips of the first ``n`` rows removed; returns their paths."""
+    paths = [folder / "audio" / r["filename"] for r in _csv_rows(folder)[:n]]
+    for path in paths:
+        path.unlink()
+    return paths
+
+
+# id -> (corruption of a copy of the data (returns what the message names),
+# texts the last line must hold, given the csv path and what was returned)
+BAD_DATA = {
+    "fold_not_an_integer": (
+        lambda d: _edit_csv(d, lambda ls: _set_field(ls, 3, "fold", "x")),
+        lambda csv_path, _: [
+            f"{csv_path}, line 3, column fold: 'x' is not an integer"
+        ],
+    ),
+    "target_not_an_integer": (
+        lambda d: _edit_csv(d, lambda ls: _set_field(ls, 5, "target", "dog")),
+        lambda csv_path, _: [f"{csv_path}, line 5, column target: 'dog'"],
+    ),
+    "header_only": (
+        lambda d: _edit_csv(d, lambda ls: ls[:1]),
+        lambda csv_path, _: [f"{csv_path} lists no clip", "Restore"],
+    ),
+    "column_missing": (
+        lambda d: _edit_csv(
+            d, lambda ls: [ls[0].replace("fold", "folds")] + ls[1:]
+        ),
+        lambda csv_path, _: [f"{csv_path}, line 1", "lacks column(s) fold"],
+    ),
+    "row_too_short": (
+        lambda d: _edit_csv(
+            d, lambda ls: ls[:3] + [",".join(ls[3].split(",")[:3])] + ls[4:]
+        ),
+        lambda csv_path, _: [f"{csv_path}, line 4: 3 fields", "has 7"],
+    ),
+    "file_listed_twice": (
+        lambda d: _edit_csv(d, lambda ls: ls + [ls[1]]),
+        lambda csv_path, _: [
+            f"{csv_path}, line {1 + 5 * CLIPS_PER_FOLD + 1}",
+            "listed again (first on line 2)",
+        ],
+    ),
+    "filename_empty": (
+        lambda d: _edit_csv(d, lambda ls: _set_field(ls, 2, "filename", "")),
+        lambda csv_path, _: [f"{csv_path}, line 2, column filename: empty"],
+    ),
+    "not_utf8": (
+        lambda d: (d / "meta" / "esc50.csv").write_bytes(b"\xff\xfe\x00bad"),
+        lambda csv_path, _: [f"{csv_path}: not a UTF-8 text file"],
+    ),
+    "no_clip_of_the_test_folds": (
+        lambda d: _edit_csv(
+            d, lambda ls: [x for x in ls if x.split(",")[1] != "5"]
+        ),
+        lambda csv_path, _: [
+            "test_fold_nums=[5]",
+            f"{csv_path} lists no clip",
+            "its folds: [1, 2, 3, 4]",
+        ],
+    ),
+    "zero_sample_wav": (
+        _empty_wav,
+        lambda csv_path, bad: [
+            f"Audio file {bad[0]} is empty (0 samples)",
+            f"remove line {bad[1]} of {csv_path}",
+        ],
+    ),
+    "audio_files_missing": (
+        lambda d: _remove_wavs(d, 4),
+        lambda csv_path, paths: [
+            f"4 audio file(s) listed in {csv_path} are missing",
+            f"{paths[0]} (line 2), {paths[1]} (line 3), {paths[2]} (line 4) "
+            "and 1 more",
+        ],
+    ),
+    "audio_folder_missing": (
+        lambda d: shutil.rmtree(d / "audio"),
+        lambda csv_path, _: ["does not exist: is --data_folder the folder"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_is_named_in_the_last_line(case, data_copy, tmp_path):
+    """train_piq.py on a copy of the data with one flaw: exit status 1,
+    the last line of stderr names it, and no manifest was written."""
+    corrupt, expected = BAD_DATA[case]
+    bad = corrupt(data_copy)
+    out = tmp_path / "run"
+    proc = run_script(
+        "train_piq.py",
+        "hparams/piq.yaml",
+        "--data_folder",
+        data_copy,
+        "--output_folder",
+        out,
+        "--use_pretrained",
+        False,
+        *TINY_PIQ,
+        expect_ok=False,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    csv_path = data_copy / "meta" / "esc50.csv"
+    for text in expected(csv_path, bad):
+        assert text in lines[-1], (text, lines[-1])
+    assert not list((out / "save").glob("*.json")), "no manifest"
 
 
 # --------------------------------------------------------------------------

@@ -147,37 +147,125 @@ def test_windows_in_small_batches_give_the_one_pass_results(piq_run):
                 assert p_other[name] == pytest.approx(p, abs=1e-5), name
 
 
-@pytest.mark.parametrize("problem", ["unreadable", "empty", "no_checkpoint"])
-def test_clear_errors(problem, piq_run, tmp_path):
-    """An unreadable file, an empty one, a folder with no trained
-    checkpoint: an error naming it."""
-    source, audio = piq_run, tmp_path / "clip.wav"
+def _no_checkpoint_run(piq_run, tmp_path):
+    """A copy of the run's files without its trained checkpoint."""
+    source = tmp_path / "run"
+    source.mkdir()
+    for name in ("hyperparams.yaml", "train_piq.py"):
+        (source / name).write_text((piq_run / name).read_text())
+    (source / "save").mkdir()
+    (source / "save" / "label_encoder.txt").write_text(
+        (piq_run / "save" / "label_encoder.txt").read_text()
+    )
+    return source
+
+
+def _no_label_file_run(piq_run, tmp_path):
+    """A copy of the run without save/label_encoder.txt."""
+    source = tmp_path / "run"
+    shutil.copytree(piq_run, source, symlinks=True)
+    (source / "save" / "label_encoder.txt").unlink()
+    return source
+
+
+def _clip(path):
+    """A good 1 s clip at ``path``; returns the path."""
+    sf.write(path, np.full(16000, 0.5), 16000)
+    return path
+
+
+def _problem(tmp, clip, run, problem):
+    """What ``problem`` gives interpret_file.py: (run folder, files, extra
+    arguments, environment)."""
+    files, extra, env = [clip], [], {}
     if problem == "unreadable":
-        audio.write_bytes(b"not audio at all")
-        expected = f"Cannot read audio file {audio}"
+        clip.write_bytes(b"not audio at all")
     elif problem == "empty":
-        sf.write(audio, np.zeros(0), 16000)
-        expected = f"Audio file {audio} is empty"
+        sf.write(clip, np.zeros(0), 16000)
+    elif problem == "empty_mp3":
+        files = [clip.with_suffix(".mp3")]
+        files[0].write_bytes(b"")
+    elif problem == "missing_file":
+        files = [tmp / "nothere.wav"]
+    elif problem == "two_files_of_one_name":
+        (tmp / "sub").mkdir()
+        files = [_clip(clip), _clip(tmp / "sub" / "clip.wav")]
     else:
-        sf.write(audio, np.zeros(16000), 16000)
-        source = tmp_path / "run"
-        source.mkdir()
-        for name in ("hyperparams.yaml", "train_piq.py"):
-            (source / name).write_text((piq_run / name).read_text())
-        (source / "save").mkdir()
-        (source / "save" / "label_encoder.txt").write_text(
-            (piq_run / "save" / "label_encoder.txt").read_text()
-        )
-        expected = "holds no trained checkpoint"
+        _clip(clip)
+    if problem == "no_checkpoint":
+        run = _no_checkpoint_run(run, tmp)
+    elif problem == "no_label_file":
+        run = _no_label_file_run(run, tmp)
+    elif problem == "no_run_folder":
+        run = tmp / "results" / "piq" / "1234"
+    elif problem == "hub_repository_unreachable":
+        run, env = "nobody-here/no-such-repo", {"HF_HUB_OFFLINE": "1"}
+    elif problem == "device_not_here":
+        extra = ["--device", "cuda:99"]
+    elif problem == "top_k_zero":
+        extra = ["--top_k", 0]
+    return run, files, extra, env
+
+
+# problem -> what the last line of stderr must hold (clip: tmp/clip.wav)
+PROBLEMS = {
+    "unreadable": lambda clip: [
+        f"Cannot read audio file {clip} (Format not recognised)",
+        "give another sound file",
+    ],
+    "empty": lambda clip: [f"Audio file {clip} is empty (0 samples)"],
+    "empty_mp3": lambda clip: [
+        f"Audio file {clip.with_suffix('.mp3')} is empty (0 bytes)"
+    ],
+    "missing_file": lambda clip: [
+        f"Audio file {clip.parent / 'nothere.wav'} does not exist"
+    ],
+    "two_files_of_one_name": lambda clip: [
+        f"{clip} and {clip.parent / 'sub' / 'clip.wav'} are both named"
+    ],
+    "no_checkpoint": lambda clip: [
+        f"{clip.parent / 'run'}/save holds no trained checkpoint"
+    ],
+    "no_label_file": lambda clip: [
+        f"{clip.parent / 'run'}/save/label_encoder.txt not found"
+    ],
+    "no_run_folder": lambda clip: [
+        f"{clip.parent}/results/piq/1234: no such run folder",
+        "--output_folder of a finished run",
+    ],
+    "hub_repository_unreachable": lambda clip: [
+        "nobody-here/no-such-repo: no such local folder",
+        "LocalEntryNotFoundError",
+    ],
+    "device_not_here": lambda clip: ["--device cuda:99"],
+    "top_k_zero": lambda clip: ["--top_k 0: give at least 1"],
+}
+
+
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+def test_clear_errors(problem, piq_run, tmp_path):
+    """An unreadable file, an empty one (0 samples, or an mp3 of 0 bytes),
+    a missing one, two of one name, a folder with no trained checkpoint or
+    no label file, a run folder or hub repository that is not there, a
+    device that is not there, no class to report: the last line of stderr
+    names it, with advice for one's own file (not ESC-50's csv)."""
+    audio = tmp_path / "clip.wav"
+    source, files, extra, env = _problem(tmp_path, audio, piq_run, problem)
     proc = run_script(
         "interpret_file.py",
         source,
-        audio,
+        *files,
         "--output_folder",
         tmp_path / "out",
+        *extra,
+        env=env,
         expect_ok=False,
     )
-    assert expected in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    for text in PROBLEMS[problem](audio):
+        assert text in lines[-1], (text, lines[-1])
+    assert "esc50.csv" not in lines[-1]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
