@@ -14,6 +14,7 @@ Correctness only: the timings are the benchmark's (benchmarks/benchmark.py).
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from speechbrain.lobes.models.PIQ import (
 import cpu_kernels
 import interpreter_brain
 import mask_decoders
-from conftest import replace_arg, tiny_piq_argv
+from conftest import tiny_piq_argv
 from cpu_kernels import chunked_decoder, fast_convt
 from experiment import make_brain, prepare_manifests, setup_experiment
 from pretrained import load_classifier
@@ -364,8 +365,10 @@ def test_brain_asks_for_the_cpu_kernels_with_its_device(
 
     monkeypatch.setattr(interpreter_brain, "speed_up_if_cpu", recorded)
     argv = tiny_piq_argv(synthetic_data, trained_classifier, tmp_path)
-    argv = replace_arg(argv, "device", device) + ["--precision", precision]
-    hparams, run_opts = setup_experiment(argv)
+    hparams, run_opts = setup_experiment(argv + ["--precision", precision])
+    # the command line accepts cpu and cuda:N only: meta stands in for a
+    # GPU here, given to the Brain directly
+    run_opts = dataclasses.replace(run_opts, device=device)
     prepare_manifests(hparams)
     load_classifier(hparams)
     brain = make_brain(PIQBrain, hparams, run_opts)
