@@ -449,6 +449,8 @@ def test_compare_interpreters_on_gpu(
             "--tiny",
             "--epochs",
             "1",
+            "--seeds",
+            "1",
             "--device",
             DEVICE,
         ],
@@ -458,7 +460,7 @@ def test_compare_interpreters_on_gpu(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     runs = json.loads(
-        (out / "runs" / "oracle" / "test_metrics.json").read_text()
+        (out / "seed1" / "runs" / "oracle" / "test_metrics.json").read_text()
     )
     assert runs["evidence_mass"] == pytest.approx(1.0)
     table = (out / "comparison.csv").read_text().splitlines()
