@@ -351,13 +351,8 @@ def run_methods(run, args, names, folders, classifiers, nmf, progress):
             continue
         finally:
             progress.update()
-        suffix = (
-            ""
-            if args.eval_contamination == "none"
-            else f"_{args.eval_contamination}"
-        )
         with open(
-            os.path.join(folders[name], f"test_metrics{suffix}.json")
+            os.path.join(folders[name], f"test_metrics{args.suffix}.json")
         ) as f:
             results[name] = (json.load(f), seconds)
     return results
@@ -425,11 +420,7 @@ def run_seed(args, seed, methods, progress):
         }
         again = {m: os.path.join(out, "randomised", "runs", m) for m in done}
         run_methods(run, args, list(done), again, randomised, nmf, progress)
-        subfolder = (
-            "interpretations"
-            if args.eval_contamination == "none"
-            else f"interpretations_{args.eval_contamination}"
-        )
+        subfolder = f"interpretations{args.suffix}"
         for name in done:
             try:
                 corr = mask_rank_correlation(
@@ -452,6 +443,9 @@ def main(argv=None):
     args = parse_args(argv)
     args.out = os.path.abspath(args.output_folder)
     args.randomise = not args.no_randomisation
+    # what a contaminated test's files are named after, as InputContamination
+    mode = args.eval_contamination
+    args.suffix = "" if mode == "none" else f"_{mode}"
     data = args.data_folder
     has_truth = args.eval_contamination != "none" or data is None
     if data and args.eval_contamination == "none":
