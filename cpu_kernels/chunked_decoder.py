@@ -33,8 +33,8 @@ from cpu_kernels.fast_convt import (
     ConvTranspose2dCPU,
     conv_transpose,
     conv_transpose_grads,
-    eager,
     in_fp32,
+    run_eagerly,
 )
 from cpu_kernels.folded_batchnorm import (
     affine,
@@ -248,11 +248,10 @@ class ChunkedDecoder(torch.nn.Sequential):
             x = _apply(body + last + tail, x)
         return _apply(list(self)[self.tail_start + 4 :], x)
 
-    @eager
     def _in_pieces(self, x):
         """The head and the last block, in fp32 (see the module's
         docstring); in evaluation bn(y) = a y + c with its running
-        statistics."""
+        statistics. Eager under torch.compile (``speed_up``)."""
         body, last, (up, relu, bn, out) = self.parts()
         if bn.training:
             return _Decoder.apply(x, self, *self.parameters())
@@ -270,6 +269,8 @@ def speed_up(module, piece=0):
     with pieces of ``piece`` clips. Parameters, buffers, hooks and
     state_dict keys do not change: only the layers' classes (and ReLU's
     ``inplace``). Returns ``module``."""
+    run_eagerly(ConvTranspose2dCPU, "_fast")
+    run_eagerly(ChunkedDecoder, "_in_pieces")
     for layer in list(module.modules()):
         if type(layer) is torch.nn.ConvTranspose2d:
             layer.__class__ = ConvTranspose2dCPU

@@ -37,11 +37,22 @@ def in_fp32(x):
     )
 
 
-def eager(function):
-    """``function`` run eagerly under torch.compile: a graph break, not a
-    trace of its Python loops (which unrolled, made PIQ's first compiled
-    step take over 15 minutes on 2 cores)."""
-    return torch.compiler.disable(function, recursive=True)
+def run_eagerly(cls, name):
+    """Makes the method ``cls.name`` (a staticmethod too) run eagerly under
+    torch.compile: a graph break, not a trace of its Python loops (which,
+    unrolled, made PIQ's first compiled step take over 15 minutes on 2
+    cores). ``speed_up`` calls it when it gives a model the kernels, not
+    this module's import: ``torch.compiler.disable`` imports torch._dynamo,
+    0.8 s at the start of every script, most of which never use the
+    kernels. Idempotent."""
+    method = cls.__dict__[name]
+    static = isinstance(method, staticmethod)
+    function = method.__func__ if static else method
+    if getattr(function, "runs_eagerly", False):
+        return
+    eager = torch.compiler.disable(function, recursive=True)
+    eager.runs_eagerly = True
+    setattr(cls, name, staticmethod(eager) if static else eager)
 
 
 def geometry(conv):
@@ -202,15 +213,15 @@ class _ConvTranspose(torch.autograd.Function):
         return gx, gw if need_w else None, gb if need_b else None, None
 
 
-_conv_transpose_eagerly = eager(_ConvTranspose.apply)
-
-
 class ConvTranspose2dCPU(torch.nn.ConvTranspose2d):
     """A ``ConvTranspose2d`` computed with the faster kernels on CPU in fp32
     (elsewhere, under autocast or with ``output_size``, as the base class)."""
+
+    # run eagerly under torch.compile once ``speed_up`` applied the kernels
+    _fast = staticmethod(_ConvTranspose.apply)
 
     def forward(self, x, output_size=None):
         """Transposed convolution of x [B, Ci, H, W]."""
         if output_size is not None or x.device.type != "cpu" or not in_fp32(x):
             return super().forward(x, output_size)
-        return _conv_transpose_eagerly(x, self.weight, self.bias, self)
+        return self._fast(x, self.weight, self.bias, self)

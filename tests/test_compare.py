@@ -109,6 +109,7 @@ def test_rank_correlation():
     assert math.isnan(rank_correlation(ones, a))
 
 
+@pytest.mark.slow
 def test_compare_end_to_end(synthetic_data, trained_classifier, tmp_path):
     """Two seeds on one data folder and classifier: a row per method with
     means and intervals; the oracle scores the maximum; the randomisation

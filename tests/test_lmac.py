@@ -479,6 +479,7 @@ def lmac_run(synthetic_data, trained_classifier, tmp_path_factory):
     return args, psi
 
 
+@pytest.mark.slow
 def test_finetuning_run_from_a_trained_psi(lmac_run, tmp_path):
     """train_lmac.py --finetuning True --pretrained_interpreter <psi.ckpt>:
     it says it loads psi, trains, tests (in_masks logged beside every metric;

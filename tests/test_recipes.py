@@ -374,6 +374,7 @@ def test_hub_code_path_from_local_cache(
     check_test_metrics(out)
 
 
+@pytest.mark.slow
 def test_cnn14_classifier_then_l2i(synthetic_data, tmp_path):
     """classifier_cnn14.yaml writes checkpoints that l2i_cnn14.yaml loads
     unchanged (strictly; the L2I run itself is a row of

@@ -15,6 +15,8 @@ Correctness only: the timings are the benchmark's (benchmarks/benchmark.py).
 
 import copy
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,7 +31,7 @@ from speechbrain.lobes.models.PIQ import (
 import cpu_kernels
 import interpreter_brain
 import mask_decoders
-from conftest import tiny_piq_argv
+from conftest import ROOT, tiny_piq_argv
 from cpu_kernels import chunked_decoder, fast_convt
 from experiment import make_brain, prepare_manifests, setup_experiment
 from pretrained import load_classifier
@@ -272,6 +274,34 @@ def test_compiled_psi_gives_the_eager_loss():
     expected = train(copy.deepcopy(psi), "l2i", hidden)[0]
     psi.compile(backend="aot_eager")
     assert train(psi, "l2i", hidden)[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_kernels_run_eagerly_under_compile_once_applied():
+    """``speed_up`` marks the fast transposed convolution and the chunked
+    path to run eagerly under torch.compile (a graph break); importing a
+    script does not import torch._dynamo (0.8 s at every start), which
+    marking them at import did."""
+    chunked_decoder.speed_up(make_psi("l2i"), 2)
+    for cls, name in [
+        (fast_convt.ConvTranspose2dCPU, "_fast"),
+        (chunked_decoder.ChunkedDecoder, "_in_pieces"),
+    ]:
+        method = cls.__dict__[name]
+        function = getattr(method, "__func__", method)  # a staticmethod's
+        assert function.runs_eagerly and function._torchdynamo_disable, name
+    imports = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, train_piq, train_l2i, "
+            "train_lmac; print('torch._dynamo' in sys.modules)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert imports.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("compile_flag", [False, True])

@@ -512,6 +512,7 @@ DDP_METHODS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DDP_METHODS)
 def test_ddp_two_cpu_processes(
     method, synthetic_data, trained_classifier, request, tmp_path
