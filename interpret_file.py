@@ -311,7 +311,7 @@ class AudioInterpreter:
     def save(self, result, folder, name):
         """Writes ``result`` (one item of ``interpret_batch``) to
         ``folder``: interpretation.wav, mask.npy, spectra.png, classes.json."""
-        import plotting  # matplotlib/librosa only when something is saved
+        import plotting  # matplotlib only when something is saved
 
         plotting.save_clip(
             folder,

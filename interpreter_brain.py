@@ -263,7 +263,7 @@ class InterpreterBrain(ShardedEvaluation, sb.Brain):
         mask cropped to a decoder's first frames is padded with zeros to the
         whole clip first (``interpretation.pad_to_input``): nothing of the
         frames it does not reach is kept."""
-        import plotting  # matplotlib/librosa are imported only when needed
+        import plotting  # matplotlib is imported only when needed
 
         hp = self.hparams
         X, stft = log_spectrogram(hp.compute_stft, result.wav)

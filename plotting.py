@@ -2,7 +2,8 @@
 looks at (input, mask and interpretation side by side, NMF reconstructions).
 
 Imported only when something is saved, so training never pays for
-matplotlib or librosa.
+matplotlib. Every spectrogram is drawn with imshow (``_draw``): ~5x faster
+than librosa's specshow mesh, for the hundreds of clips of an ESC-50 test.
 """
 
 import io
@@ -19,7 +20,6 @@ logging.getLogger("matplotlib").setLevel(logging.INFO)
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
-import librosa.display  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fileio import write_atomically, write_json  # noqa: E402
@@ -159,26 +159,25 @@ def plot_interpretation(
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     for ax, (title, image, cmap) in zip(axes, panels):
-        shown = librosa.display.specshow(
-            image.T,
-            sr=sample_rate,
-            hop_length=hop_length,
-            x_axis="time",
-            y_axis="linear",
-            cmap=cmap,
-            ax=ax,
-        )
+        shown = _draw(ax, image, cmap, None, None, sample_rate, hop_length)
         ax.set_title(title)
         fig.colorbar(shown, ax=ax)
+    for ax in axes[1:]:
+        ax.set_ylabel("")
     fig.suptitle(
         f"{os.path.basename(os.path.dirname(path))}: true {true_class}, predicted {predicted_class}"
     )
-    _save(fig, path)
+    # fixed margins: tight_layout, which draws the figure once more, took
+    # 40% of the time of a figure saved for every test clip
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.86)
+    _save(fig, path, tight=False)
 
 
-def _save(fig, path):
-    """Writes the figure as a PNG atomically and closes it."""
-    fig.tight_layout()
+def _save(fig, path, tight=True):
+    """Writes the figure as a PNG atomically (after ``tight_layout`` if
+    ``tight``) and closes it."""
+    if tight:
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
@@ -195,14 +194,8 @@ def plot_reconstructions(path, X, X_hat, ids, sample_rate, hop_length):
         for ax, image, title in zip(
             axes[row], (X[row], X_hat[row]), ("input", "NMF reconstruction W H")
         ):
-            shown = librosa.display.specshow(
-                image,
-                sr=sample_rate,
-                hop_length=hop_length,
-                x_axis="time",
-                y_axis="linear",
-                cmap="magma",
-                ax=ax,
+            shown = _draw(
+                ax, image.T, "magma", None, None, sample_rate, hop_length
             )
             ax.set_title(f"{clip}: {title}")
             fig.colorbar(shown, ax=ax)
@@ -229,30 +222,39 @@ def plot_mask(path, mask, sample_rate, hop_length, X=None, vmax=None):
         _panel(path, mask * X, "magma", 0.0, vmax, sample_rate, hop_length)
 
 
-def _panel(path, image, cmap, vmin, vmax, sample_rate, hop_length):
-    """One [T, F] image as a 520 x 300 px PNG with small axes: time in s
-    and frequency in Hz, or frames and bins without ``sample_rate``. Drawn
-    with imshow, ~5x faster than specshow's mesh for a gallery of many."""
-    vmax = float(np.max(image)) if vmax is None else vmax
+def _draw(ax, image, cmap, vmin, vmax, sample_rate, hop_length):
+    """Draws a [T, F] image on ``ax`` with imshow, frequency upwards: time
+    in s and frequency in Hz (0 to the Nyquist rate), or frames and bins
+    without ``sample_rate``; colours from ``vmin`` to ``vmax`` (None: the
+    image's range). Returns the image artist (for a colorbar)."""
     frames, bins = image.shape
     extent, labels = None, ("frame", "frequency bin")
     if sample_rate is not None:
         extent = (0, frames * hop_length / sample_rate, 0, sample_rate / 2)
         labels = ("time (s)", "Hz")
+    if vmin is not None and vmax is not None:
+        vmax = max(vmax, vmin + 1e-6)
+    shown = ax.imshow(
+        image.T,
+        origin="lower",
+        aspect="auto",
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        extent=extent,
+        interpolation="antialiased",
+    )
+    ax.set_xlabel(labels[0], labelpad=1)
+    ax.set_ylabel(labels[1], labelpad=1)
+    return shown
+
+
+def _panel(path, image, cmap, vmin, vmax, sample_rate, hop_length):
+    """One [T, F] image as a 520 x 300 px PNG with small axes (``_draw``)."""
+    vmax = float(np.max(image)) if vmax is None else vmax
     with plt.rc_context({"font.size": 8}):
         fig, ax = plt.subplots(figsize=(5.2, 3.0))
-        ax.imshow(
-            image.T,
-            origin="lower",
-            aspect="auto",
-            cmap=cmap,
-            vmin=vmin,
-            vmax=max(vmax, vmin + 1e-6),
-            extent=extent,
-            interpolation="antialiased",
-        )
-        ax.set_xlabel(labels[0], labelpad=1)
-        ax.set_ylabel(labels[1], labelpad=1)
+        _draw(ax, image, cmap, vmin, vmax, sample_rate, hop_length)
         # fixed margins (tight_layout would draw the figure once more)
         fig.subplots_adjust(left=0.11, right=0.99, bottom=0.14, top=0.98)
         buffer = io.BytesIO()

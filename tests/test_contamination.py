@@ -63,7 +63,10 @@ def test_interferer_is_another_class_and_stable(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "mode", ["none", "mixtures", "white_noise", "wham", "speech"]
+    "mode",
+    # WHAM! and speech interferers take mixtures' path with other files
+    ["none", "mixtures", "white_noise"]
+    + [pytest.param(m, marks=pytest.mark.slow) for m in ("wham", "speech")],
 )
 def test_out_of_domain_evaluation(mode, trained_l2i, wham_folder, tmp_path):
     """--test_only --eval_contamination <mode> on a trained L2I run; the

@@ -61,9 +61,17 @@ def hf_classifiers(synthetic_data, tmp_path_factory):
     return folders
 
 
-@pytest.mark.parametrize("arch", TINY_ARCH)
 @pytest.mark.parametrize(
-    "script,method,extra", METHODS, ids=[m[1] for m in METHODS]
+    "script,method,extra,arch",
+    [
+        # PIQ on ViT repeats PIQ on FocalNet's path: the slow tier
+        pytest.param(
+            *m, arch, marks=[pytest.mark.slow] * (m[1] + arch == "piqvit")
+        )
+        for m in METHODS
+        for arch in TINY_ARCH
+    ],
+    ids=[f"{m[1]}-{arch}" for m in METHODS for arch in TINY_ARCH],
 )
 def test_method_on_hf_classifier(
     script, method, extra, arch, synthetic_data, hf_classifiers, tmp_path
