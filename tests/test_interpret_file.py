@@ -292,7 +292,9 @@ def amt_run(synthetic_data, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("method", ["l2i", "amt"])
+@pytest.mark.parametrize(
+    "method", ["l2i", pytest.param("amt", marks=pytest.mark.slow)]
+)
 def test_every_method_interprets_a_file(method, request, recordings, tmp_path):
     """L2I (a run trained with add_wham_noise) and AMT (nothing trained)
     run folders work like PIQ's."""

@@ -205,6 +205,7 @@ def test_test_only_without_checkpoint_fails_clearly(
     assert not (tmp_path / "empty" / "test_metrics.json").exists()
 
 
+@pytest.mark.slow  # a second launch of a run
 def test_resume_after_interrupted_training(
     synthetic_data, trained_classifier, tmp_path
 ):
@@ -237,6 +238,7 @@ def test_resume_after_interrupted_training(
     )
 
 
+@pytest.mark.slow  # precision options: the GPU tier runs them too
 def test_bf16_and_channels_last_off(
     synthetic_data, trained_classifier, tmp_path
 ):

@@ -300,6 +300,7 @@ def test_wrong_architecture_names_the_file_first_and_last(
     assert re.search(r"\d+ unexpected keys \(([^,()]+, ){2}[^,()]+ and", line)
 
 
+@pytest.mark.slow  # a second launch of a run
 def test_copied_run_folder_tests_again(
     synthetic_data, trained_classifier, tmp_path
 ):
