@@ -28,6 +28,19 @@ TINY = [
 TINY_PIQ = TINY + ["--K", "48", "--out_n_neurons", str(N_CLASSES)]
 
 
+def tiered(cases, default):
+    """``sorted(cases)`` as pytest parameters: those named in ``default`` run
+    in the README's test command, the others in the slow tier (each is a
+    script run to its error, ~3 s on 2 cores; the default keeps one of each
+    kind, .ci/run runs them all)."""
+    unknown = set(default) - set(cases)
+    assert not unknown, unknown
+    return [
+        pytest.param(case, marks=[pytest.mark.slow] * (case not in default))
+        for case in sorted(cases)
+    ]
+
+
 def run_script(
     script, hparams_file, *args, env=None, expect_ok=True, launcher=None
 ):

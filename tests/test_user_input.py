@@ -24,6 +24,7 @@ from conftest import (
     replace_arg,
     run_piq,
     run_script,
+    tiered,
     tiny_piq_argv,
 )
 from esc50_prepare import prepare_esc50
@@ -265,7 +266,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# one case per check (files, command-line values, YAML overrides, devices)
+# in the default tier, the others in the slow tier
+DEFAULT_TIER = {
+    "wrong_architecture",
+    "missing_local_checkpoint",
+    "misspelt_key",
+    "word_for_a_number",
+    "data_folder_missing",
+    "device_not_here",
+}
+
+
+@pytest.mark.parametrize("case", tiered(CASES, DEFAULT_TIER))
 def test_bad_input_is_named(case, synthetic_data, trained_classifier, tmp_path):
     """PIQ on a trained classifier with one bad input: exit status 1 (2 for
     argparse), the last line of stderr names what was given in one line,
