@@ -173,13 +173,13 @@ def plot_interpretation(
     _save(fig, path, tight=False)
 
 
-def _save(fig, path, tight=True):
+def _save(fig, path, tight=True, dpi=80):
     """Writes the figure as a PNG atomically (after ``tight_layout`` if
     ``tight``) and closes it."""
     if tight:
         fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     write_atomically(path, lambda f: f.write(buffer.getvalue()), mode="wb")
 
@@ -257,7 +257,4 @@ def _panel(path, image, cmap, vmin, vmax, sample_rate, hop_length):
         _draw(ax, image, cmap, vmin, vmax, sample_rate, hop_length)
         # fixed margins (tight_layout would draw the figure once more)
         fig.subplots_adjust(left=0.11, right=0.99, bottom=0.14, top=0.98)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-    write_atomically(path, lambda f: f.write(buffer.getvalue()), mode="wb")
+        _save(fig, path, tight=False, dpi=100)
